@@ -1,0 +1,308 @@
+"""DCLS convolution modules ``DclsConv1d/2d/3d`` (a drop-in for ``nn.ConvNd`` with learnable tap positions).
+
+Paper: Hassani, Pellegrini, Masquelier, "Dilated convolution with learnable spacings", ICLR 2023, and
+"Dilated convolution with learnable spacings: beyond bilinear interpolation", 2023.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+import weakref
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from ..functional import INTERPOLATIONS, dcls_kernel
+
+__all__ = ["DclsConv1d", "DclsConv2d", "DclsConv3d", "DclsConvNd"]
+
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+SIGMA_FLOOR = 1e-3
+
+_LIVE_MODULES: "weakref.WeakSet[DclsConvNd]" = weakref.WeakSet()
+_STEP_HOOK = None
+
+
+def _clamp_after_step(optimizer, args, kwargs) -> None:
+    """Global optimizer step post-hook: keep every live DCLS module's stored positions inside its span."""
+    for module in list(_LIVE_MODULES):
+        module.clamp_parameters()
+
+
+def _install_step_hook() -> None:
+    global _STEP_HOOK
+    if _STEP_HOOK is None:
+        _STEP_HOOK = register_optimizer_step_post_hook(_clamp_after_step)
+
+
+def _tuple(value, n: int, name: str) -> tuple[int, ...]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value,) * n
+    if isinstance(value, (tuple, list)) and len(value) == n and all(isinstance(v, int) for v in value):
+        return tuple(value)
+    raise TypeError(f"{name}={value!r}: expected an int or a tuple of {n} ints.")
+
+
+def _straight_through_clamp(x: torch.Tensor, lo: Sequence[float], hi: Sequence[float]) -> torch.Tensor:
+    """Clamp axis ``d`` of ``x`` to ``[lo[d], hi[d]]`` in value, identity in gradient (no dead zone at the border)."""
+    if len(set(lo)) == 1 and len(set(hi)) == 1:
+        clamped = x.clamp(lo[0], hi[0])
+    else:
+        clamped = torch.stack([x[d].clamp(lo[d], hi[d]) for d in range(x.shape[0])])
+    return x + (clamped - x).detach()
+
+
+class DclsConvNd(nn.Module):
+    """Base class of the DCLS convolutions; see :class:`DclsConv2d` for the arguments."""
+
+    _ndim: int = 0
+    _dense_cls: type = nn.Module
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_count: int,
+        span: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] | str = 0,
+        dilation: int | Sequence[int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        interpolation: str = "gauss",
+        sigma: float = 0.5,
+        learn_sigma: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        n = self._ndim
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}={value!r}: expected a positive int.")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}; "
+                f"choose groups among the common divisors."
+            )
+        if not isinstance(kernel_count, int) or isinstance(kernel_count, bool) or kernel_count < 1:
+            raise ValueError(f"kernel_count={kernel_count!r}: expected an int >= 1 (taps per filter).")
+        span = _tuple(span, n, "span")
+        if any(s < 1 for s in span):
+            raise ValueError(f"span={span}: every axis must be >= 1 (the size of the dense kernel).")
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation={interpolation!r}: expected one of {INTERPOLATIONS}.")
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode={padding_mode!r}: expected one of {PADDING_MODES}.")
+        stride = _tuple(stride, n, "stride")
+        dilation = _tuple(dilation, n, "dilation")
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise ValueError(f"padding={padding!r}: expected 'same', 'valid', an int or a tuple of {n} ints.")
+            if padding == "same" and any(s != 1 for s in stride):
+                raise ValueError(f"padding='same' needs stride=1, got stride={stride}; pass explicit padding.")
+        else:
+            padding = _tuple(padding, n, "padding")
+        if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+            raise ValueError(f"sigma={sigma!r}: expected a positive finite float (Gaussian std in pixels).")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_count, self.span, self.stride, self.dilation = kernel_count, span, stride, dilation
+        self.padding, self.padding_mode, self.interpolation = padding, padding_mode, interpolation
+        self.learn_sigma = learn_sigma
+        factory = {"device": device, "dtype": dtype}
+        shape = (out_channels, in_channels // groups, kernel_count)
+        self.weight = nn.Parameter(torch.empty(shape, **factory))
+        self.positions = nn.Parameter(torch.empty((n,) + shape, **factory))
+        if interpolation == "gauss":
+            init_sigma = torch.full((n,) + shape, float(sigma), **factory)
+            if learn_sigma:
+                self.sigma = nn.Parameter(init_sigma)
+            else:
+                self.register_buffer("sigma", init_sigma)
+        else:
+            self.sigma = None
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.reset_parameters()
+        _LIVE_MODULES.add(self)
+        _install_step_hook()
+
+    # ----------------------------------------------------------------- geometry
+    @property
+    def position_bounds(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Lowest and highest kernel-centred position per axis (the span's grid, centre ``span // 2``)."""
+        lo = tuple(float(-(s // 2)) for s in self.span)
+        hi = tuple(float(s - 1 - s // 2) for s in self.span)
+        return lo, hi
+
+    def reset_parameters(self) -> None:
+        """Kaiming-uniform tap weights (fan-in = in/groups * taps), positions ~ N(0, 0.5) inside the span."""
+        if self.weight.is_meta:
+            return
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        with torch.no_grad():
+            self.positions.normal_(0.0, 0.5)
+            self.clamp_parameters()
+        if self.bias is not None:
+            fan_in = self.weight.shape[1] * self.weight.shape[2]
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    @torch.no_grad()
+    def clamp_parameters(self) -> None:
+        """Clamp stored positions into the span (done automatically after every optimizer step)."""
+        lo, hi = self.position_bounds
+        for d in range(self._ndim):
+            self.positions[d].clamp_(lo[d], hi[d])
+
+    def effective_positions(self) -> torch.Tensor:
+        """Positions used by the forward: clamped into the span, with an identity gradient."""
+        lo, hi = self.position_bounds
+        return _straight_through_clamp(self.positions, lo, hi)
+
+    def effective_sigma(self) -> torch.Tensor | None:
+        """Gaussian std used by the forward (``|sigma|`` floored at 1e-3); None for bilinear."""
+        if self.sigma is None:
+            return None
+        return self.sigma.abs().clamp_min(SIGMA_FLOOR)
+
+    def kernel(self) -> torch.Tensor:
+        """The dense kernel ``[O, I/g, *span]`` this module convolves with."""
+        return dcls_kernel(self.weight, self.effective_positions(), self.effective_sigma(), self.span, self.interpolation)
+
+    # ----------------------------------------------------------------- forward
+    def _check_input(self, x: torch.Tensor) -> None:
+        n = self._ndim
+        if x.dim() not in (n + 1, n + 2):
+            raise ValueError(
+                f"{type(self).__name__} expects a {n + 2}-D input [N, C, {'spatial, ' * n}] or {n + 1}-D unbatched, "
+                f"got shape {tuple(x.shape)}."
+            )
+        if x.shape[-n - 1] != self.in_channels:
+            raise ValueError(
+                f"{type(self).__name__}: input has {x.shape[-n - 1]} channels at dim {x.dim() - n - 1}, "
+                f"expected in_channels={self.in_channels} (shape {tuple(x.shape)})."
+            )
+
+    def _explicit_padding(self) -> tuple[int, ...]:
+        """F.pad amounts (last axis first) for a non-zero padding mode."""
+        pads = []
+        for d in reversed(range(self._ndim)):
+            if self.padding == "valid":
+                left = right = 0
+            elif self.padding == "same":
+                total = self.dilation[d] * (self.span[d] - 1)
+                left, right = total // 2, total - total // 2
+            else:
+                left = right = self.padding[d]
+            pads += [left, right]
+        return tuple(pads)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        self._check_input(input)
+        kernel = self.kernel().to(input.dtype)
+        bias = None if self.bias is None else self.bias.to(input.dtype)
+        conv = (F.conv1d, F.conv2d, F.conv3d)[self._ndim - 1]
+        if self.padding_mode != "zeros":
+            input = F.pad(input, self._explicit_padding(), mode=self.padding_mode)
+            return conv(input, kernel, bias, self.stride, 0, self.dilation, self.groups)
+        return conv(input, kernel, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    # ----------------------------------------------------------------- checks and export
+    def validate(self) -> None:
+        """Raise ``ValueError`` if weights, positions or sigma hold NaN/inf (costs a device sync)."""
+        for name in ("weight", "positions", "sigma", "bias"):
+            t = getattr(self, name)
+            if t is None or t.is_meta:
+                continue
+            bad = (~torch.isfinite(t)).sum().item()
+            if bad:
+                raise ValueError(
+                    f"{type(self).__name__}.{name} has {bad} non-finite value(s) of {t.numel()}; "
+                    f"lower the learning rate of {name!r} or reload a finite checkpoint."
+                )
+
+    @torch.no_grad()
+    def to_dense(self) -> nn.Module:
+        """A plain ``nn.ConvNd`` with the dense kernel of this module and identical output."""
+        self.validate()
+        dense = self._dense_cls(
+            self.in_channels, self.out_channels, self.span, stride=self.stride, padding=self.padding,
+            dilation=self.dilation, groups=self.groups, bias=self.bias is not None,
+            padding_mode=self.padding_mode, device=self.weight.device, dtype=self.weight.dtype,
+        )
+        dense.weight.copy_(self.kernel())
+        if self.bias is not None:
+            dense.bias.copy_(self.bias)
+        return dense
+
+    @classmethod
+    def from_dense(
+        cls,
+        conv: nn.Module,
+        kernel_count: int | None = None,
+        span: int | Sequence[int] | None = None,
+        interpolation: str = "bilinear",
+        sigma: float = 0.5,
+        learn_sigma: bool = True,
+    ) -> "DclsConvNd":
+        """Function-preserving conversion of a trained ``nn.ConvNd`` (see :mod:`dclszoo.modules.from_dense`)."""
+        from .from_dense import dcls_from_dense
+
+        return dcls_from_dense(cls, conv, kernel_count, span, interpolation, sigma, learn_sigma)
+
+    def extra_repr(self) -> str:
+        s = (
+            f"{self.in_channels}, {self.out_channels}, kernel_count={self.kernel_count}, span={self.span}, "
+            f"stride={self.stride}, padding={self.padding}, interpolation={self.interpolation!r}"
+        )
+        if self.dilation != (1,) * self._ndim:
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode!r}"
+        return s
+
+
+class DclsConv1d(DclsConvNd):
+    """1-D DCLS convolution. Same arguments as :class:`DclsConv2d`."""
+
+    _ndim = 1
+    _dense_cls = nn.Conv1d
+
+
+class DclsConv2d(DclsConvNd):
+    """2-D DCLS convolution: ``kernel_count`` taps per filter at learnable positions inside ``span``.
+
+    Args:
+        in_channels: Input channels.
+        out_channels: Output channels.
+        kernel_count: Taps per (out, in/groups) pair.
+        span: Size of the dense kernel the taps live in (int or per-axis tuple).
+        stride, padding, dilation, groups, bias, padding_mode: As in ``nn.Conv2d`` (``padding`` may be
+            ``'same'`` or ``'valid'``).
+        interpolation: ``'gauss'`` (normalised Gaussian taps) or ``'bilinear'`` (floor-form bilinear).
+        sigma: Initial Gaussian std in pixels (gauss only).
+        learn_sigma: Whether sigma is a parameter (else a buffer).
+        device, dtype: Factory arguments.
+
+    Parameters: ``weight [O, I/g, kc]``, ``positions [2, O, I/g, kc]`` (kernel-centred, axis 0 = height),
+    ``sigma [2, O, I/g, kc]`` (gauss), ``bias [O]``.
+    """
+
+    _ndim = 2
+    _dense_cls = nn.Conv2d
+
+
+class DclsConv3d(DclsConvNd):
+    """3-D DCLS convolution. Same arguments as :class:`DclsConv2d`."""
+
+    _ndim = 3
+    _dense_cls = nn.Conv3d
