@@ -67,3 +67,129 @@ def dcls_kernel_reference(
     else:
         raise ValueError(f"interpolation={interpolation!r}: expected 'gauss' or 'bilinear'.")
     return (weight[expand] * phi).sum(dim=2)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sparse synaptic delays (twin of dclszoo.kernels.delay.sparse_delay)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def check_delay_args(x: torch.Tensor, coeff: torch.Tensor, offsets: torch.Tensor) -> None:
+    """Validate the arguments of ``sparse_delay`` / ``sparse_delay_reference``; raise a clear error if bad.
+
+    Raises:
+        TypeError: If an argument is not a tensor, ``x``/``coeff`` are not floating point or differ in dtype,
+            or ``offsets`` is not an integer tensor.
+        ValueError: If the shapes do not match ``x [T, B, I]``, ``coeff [O, I, J]``, ``offsets [O, I, J]``,
+            the tensors are on different devices, or an offset is negative.
+    """
+    for name, t in (("x", x), ("coeff", coeff), ("offsets", offsets)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"sparse_delay: {name} must be a torch.Tensor, got {type(t).__name__}.")
+    if x.dim() != 3:
+        raise ValueError(
+            f"sparse_delay: x must be time-major [T, B, I], got shape {tuple(x.shape)}; "
+            "permute batch-first input with x.transpose(0, 1)."
+        )
+    if coeff.dim() != 3:
+        raise ValueError(
+            f"sparse_delay: coeff must be [O, I, J] (out, in, taps), got shape {tuple(coeff.shape)}; "
+            "use coeff.unsqueeze(-1) for one tap per synapse."
+        )
+    if tuple(offsets.shape) != tuple(coeff.shape):
+        raise ValueError(
+            f"sparse_delay: offsets must have the shape of coeff {tuple(coeff.shape)}, "
+            f"got {tuple(offsets.shape)}."
+        )
+    if coeff.shape[1] != x.shape[2]:
+        raise ValueError(
+            f"sparse_delay: coeff has {coeff.shape[1]} input channels (dim 1) but x has {x.shape[2]} (dim 2); "
+            "x must be [T, B, I] and coeff [O, I, J]."
+        )
+    if not x.is_floating_point() or not coeff.is_floating_point():
+        raise TypeError(
+            f"sparse_delay: x and coeff must be floating point, got {x.dtype} and {coeff.dtype}."
+        )
+    if x.dtype != coeff.dtype:
+        raise TypeError(
+            f"sparse_delay: x ({x.dtype}) and coeff ({coeff.dtype}) must have the same dtype; "
+            f"cast one of them, e.g. coeff.to(x.dtype)."
+        )
+    if offsets.is_floating_point() or offsets.is_complex() or offsets.dtype == torch.bool:
+        raise TypeError(
+            f"sparse_delay: offsets must be an integer tensor (int64 delays in time steps), got {offsets.dtype}; "
+            "round real-valued delays first, e.g. offsets.round().long()."
+        )
+    if not (x.device == coeff.device == offsets.device):
+        raise ValueError(
+            f"sparse_delay: x, coeff and offsets must be on one device, got {x.device}, {coeff.device} and "
+            f"{offsets.device}."
+        )
+    if offsets.numel() and int(offsets.min()) < 0:
+        raise ValueError(
+            f"sparse_delay: offsets must be >= 0 (causal delays), got a minimum of {int(offsets.min())}."
+        )
+
+
+def _offset_buckets(offsets: torch.Tensor, steps: int):
+    """Yield ``(d, mask)`` for every distinct offset ``d < steps``; ``mask [O, I, J]`` marks its taps."""
+    for d in torch.unique(offsets).tolist():
+        if d < steps:
+            yield int(d), offsets == d
+
+
+class _SparseDelayReference(torch.autograd.Function):
+    """Bucketed pure-torch sparse delay: one dense matmul per distinct offset on time-shifted inputs.
+
+    Memory beyond the output is one ``[O, I]`` matrix and one ``[O, I, J]`` mask at a time; only ``x``,
+    ``coeff`` and ``offsets`` are saved for backward. Work is (number of distinct offsets) x a Linear.
+    """
+
+    @staticmethod
+    def forward(ctx, x, coeff, offsets):
+        steps, batch, _ = x.shape
+        y = x.new_zeros(steps, batch, coeff.shape[0])
+        for d, mask in _offset_buckets(offsets, steps):
+            w = torch.where(mask, coeff, 0).sum(-1)  # [O, I]
+            y[d:] += torch.matmul(x[: steps - d], w.t())
+        ctx.save_for_backward(x, coeff, offsets)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y):
+        x, coeff, offsets = ctx.saved_tensors
+        steps, batch, n_in = x.shape
+        n_out = coeff.shape[0]
+        need_x, need_c = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_x = torch.zeros_like(x) if need_x else None
+        grad_c = torch.zeros_like(coeff) if need_c else None
+        for d, mask in _offset_buckets(offsets, steps):
+            gy = grad_y[d:]
+            if need_x:
+                w = torch.where(mask, coeff, 0).sum(-1)
+                grad_x[: steps - d] += torch.matmul(gy, w)
+            if need_c:
+                g = gy.reshape(-1, n_out).t() @ x[: steps - d].reshape(-1, n_in)  # [O, I]
+                grad_c += torch.where(mask, g.unsqueeze(-1), 0)
+        return grad_x, grad_c, None
+
+
+def sparse_delay_reference(x: torch.Tensor, coeff: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Delayed sparse synapses in plain PyTorch (twin and oracle of ``dclszoo.kernels.delay.sparse_delay``).
+
+    ``y[t, b, o] = sum_{i, j} coeff[o, i, j] * x[t - offsets[o, i, j], b, i]``; terms with
+    ``t - offsets < 0`` are zero, so offsets ``>= T`` contribute nothing. Synapses are bucketed by offset value
+    and each bucket is one dense matmul on the time-shifted input, so nothing of size ``O x I x J x T x B`` is
+    ever built. Differentiable w.r.t. ``x`` and ``coeff``; runs on any device and floating dtype.
+
+    Args:
+        x: Input, time-major ``[T, B, I]``.
+        coeff: Tap weights ``[O, I, J]`` (same dtype as ``x``).
+        offsets: Integer delays in time steps ``[O, I, J]``, ``>= 0``.
+
+    Returns:
+        ``y [T, B, O]``.
+    """
+    check_delay_args(x, coeff, offsets)
+    return _SparseDelayReference.apply(x, coeff, offsets)

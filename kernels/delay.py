@@ -1,0 +1,153 @@
+"""Sparse synaptic delays: ``y[t, b, o] = sum_{i, j} coeff[o, i, j] * x[t - offsets[o, i, j], b, i]``.
+
+Each synapse ``(o, i)`` has ``J`` taps, each an integer delay (``offsets``) and a weight (``coeff``); a
+Gaussian or bilinear delay of a few taps, or an integer delay (``J = 1``), is a sparse kernel whose cost is
+that of a Linear layer times ``J``, whatever ``max_delay`` is. Two backends compute it:
+
+- ``"numba"``: tiled CPU kernels (:mod:`dclszoo.kernels._delay_numba`), float32 CPU tensors only; chosen
+  automatically when numba is installed (``pip install dclszoo[snn]``).
+- ``"torch"``: :func:`dclszoo.reference.sparse_delay_reference`, one dense matmul per distinct offset; any
+  device and dtype (the GPU path, the fallback and the test oracle).
+
+The environment variable ``DCLSZOO_DELAY_BACKEND=numba|torch`` (or the ``backend`` argument) forces one;
+explicitly requesting a backend that cannot run raises instead of falling back.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from dclszoo.reference import check_delay_args, sparse_delay_reference
+
+__all__ = ["sparse_delay", "sparse_delay_reference", "numba_available", "BACKENDS", "ENV_BACKEND"]
+
+BACKENDS = ("numba", "torch")
+ENV_BACKEND = "DCLSZOO_DELAY_BACKEND"
+
+# Tile sizes of the numba kernels (rows per block, elements of the T*B row per chunk), picked by measurement
+# on a 2-core AMD EPYC (32 KiB L1d, 1 MiB L2 per core) with bench/delays.py.
+_FWD_BLOCK, _FWD_CHUNK = 8, 4096
+_BWD_BLOCK, _BWD_CHUNK = 8, 4096
+
+
+@functools.lru_cache(maxsize=1)
+def _numba_kernels():
+    """Import (and thereby define) the numba kernels; None when numba is not installed."""
+    try:
+        from . import _delay_numba
+    except ImportError:
+        return None
+    return _delay_numba
+
+
+def numba_available() -> bool:
+    """Whether the numba backend can be used (numba importable)."""
+    return _numba_kernels() is not None
+
+
+def _select_backend(x: torch.Tensor, backend: str | None) -> str:
+    requested = backend if backend is not None else os.environ.get(ENV_BACKEND, "").strip().lower() or None
+    if requested is None or requested == "auto":
+        fits = x.device.type == "cpu" and x.dtype == torch.float32
+        return "numba" if fits and numba_available() else "torch"
+    if requested not in BACKENDS:
+        raise ValueError(
+            f"sparse_delay: backend={requested!r} (argument or ${ENV_BACKEND}) is not one of {BACKENDS} or 'auto'."
+        )
+    if requested == "numba":
+        if not numba_available():
+            raise ImportError(
+                "sparse_delay: the 'numba' backend was requested but numba is not installed; "
+                "pip install 'dclszoo[snn]' (or numba), or use backend='torch'."
+            )
+        if x.device.type != "cpu" or x.dtype != torch.float32:
+            raise ValueError(
+                f"sparse_delay: the 'numba' backend needs float32 CPU tensors, got {x.dtype} on {x.device}; "
+                "use backend='torch' (or leave the choice automatic)."
+            )
+    return requested
+
+
+def _threads(kernels) -> None:
+    """Follow torch's thread count (``torch.set_num_threads``) within numba's pool size."""
+    import numba
+
+    want = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() != want:
+        numba.set_num_threads(want)
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """``[T, B, C] -> [C, T*B]`` contiguous float32 rows (one per channel)."""
+    steps, batch, ch = x.shape
+    return x.permute(2, 0, 1).reshape(ch, steps * batch).contiguous()
+
+
+class _SparseDelayNumba(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, coeff, offsets):
+        kern = _numba_kernels()
+        _threads(kern)
+        steps, batch, _ = x.shape
+        n_out = coeff.shape[0]
+        xt = _rows(x.detach())
+        c = coeff.detach().contiguous()
+        off = offsets.to(torch.int64).contiguous()
+        yt = torch.zeros(n_out, steps * batch, dtype=torch.float32)
+        if steps * batch and c.numel():
+            kern.delay_forward(xt.numpy(), c.numpy(), off.numpy(), steps, batch, _FWD_BLOCK, _FWD_CHUNK, yt.numpy())
+        ctx.save_for_backward(xt, c, off)
+        ctx.shape = (steps, batch)
+        return yt.view(n_out, steps, batch).permute(1, 2, 0).contiguous()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y):
+        kern = _numba_kernels()
+        _threads(kern)
+        xt, c, off = ctx.saved_tensors
+        steps, batch = ctx.shape
+        need_x, need_c = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
+        if not (need_x or need_c):
+            return None, None, None
+        gyt = _rows(grad_y.to(torch.float32))
+        gxt = torch.zeros_like(xt)
+        gc = torch.zeros_like(c)
+        if steps * batch and c.numel():
+            kern.delay_backward(
+                xt.numpy(), c.numpy(), off.numpy(), gyt.numpy(), steps, batch, _BWD_BLOCK, _BWD_CHUNK,
+                need_x, need_c, gxt.numpy(), gc.numpy(),
+            )
+        grad_x = gxt.view(-1, steps, batch).permute(1, 2, 0).contiguous() if need_x else None
+        return grad_x, (gc if need_c else None), None
+
+
+def sparse_delay(
+    x: torch.Tensor, coeff: torch.Tensor, offsets: torch.Tensor, *, backend: str | None = None
+) -> torch.Tensor:
+    """Delayed sparse synapses: ``y[t, b, o] = sum_{i, j} coeff[o, i, j] * x[t - offsets[o, i, j], b, i]``.
+
+    Terms with ``t - offsets < 0`` are zero (causal), so offsets ``>= T`` contribute nothing. Time and memory
+    do not depend on the size of the offsets; time is that of ``J`` Linear layers.
+
+    Args:
+        x: Input, time-major ``[T, B, I]``.
+        coeff: Tap weights ``[O, I, J]``, same dtype as ``x``.
+        offsets: Integer delays in time steps ``[O, I, J]``, ``>= 0`` (not differentiable).
+        backend: ``"numba"``, ``"torch"`` or None/``"auto"`` (default: ``$DCLSZOO_DELAY_BACKEND``, else numba
+            for float32 CPU tensors when installed, else torch).
+
+    Returns:
+        ``y [T, B, O]``, differentiable w.r.t. ``x`` and ``coeff``.
+
+    Raises:
+        ValueError, TypeError: On mismatched shapes, dtypes or devices, negative or non-integer offsets.
+        ImportError: If ``backend="numba"`` is requested and numba is not installed.
+    """
+    check_delay_args(x, coeff, offsets)
+    if _select_backend(x, backend) == "torch":
+        return sparse_delay_reference(x, coeff, offsets)
+    return _SparseDelayNumba.apply(x, coeff, offsets)
