@@ -1,3 +1,5 @@
 """Checkpoint and module converters: the reference ``dcls`` package and SNN-delays into dclszoo."""
 
-__all__: list[str] = []
+from ._dcls import from_dcls
+
+__all__ = ["from_dcls"]

@@ -39,6 +39,11 @@ def _install_step_hook() -> None:
         _STEP_HOOK = register_optimizer_step_post_hook(_clamp_after_step)
 
 
+def _grid_bounds(span: Sequence[int]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Kernel-centred coordinates of the first and last grid point per axis (centre ``span // 2``)."""
+    return tuple(float(-(s // 2)) for s in span), tuple(float(s - 1 - s // 2) for s in span)
+
+
 def _tuple(value, n: int, name: str) -> tuple[int, ...]:
     if isinstance(value, int) and not isinstance(value, bool):
         return (value,) * n
@@ -113,7 +118,7 @@ class DclsConvNd(nn.Module):
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_count, self.span, self.stride, self.dilation = kernel_count, span, stride, dilation
         self.padding, self.padding_mode, self.interpolation = padding, padding_mode, interpolation
-        self.learn_sigma = learn_sigma
+        self.learn_sigma, self.sigma_init = learn_sigma, float(sigma)
         factory = {"device": device, "dtype": dtype}
         shape = (out_channels, in_channels // groups, kernel_count)
         self.weight = nn.Parameter(torch.empty(shape, **factory))
@@ -131,22 +136,54 @@ class DclsConvNd(nn.Module):
         _LIVE_MODULES.add(self)
         _install_step_hook()
 
+    def __setstate__(self, state) -> None:
+        # copy.deepcopy and pickle rebuild the module without __init__: register it for the step clamp too.
+        super().__setstate__(state)
+        _LIVE_MODULES.add(self)
+        _install_step_hook()
+
     # ----------------------------------------------------------------- geometry
     @property
     def position_bounds(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """Lowest and highest kernel-centred position per axis (the span's grid, centre ``span // 2``)."""
-        lo = tuple(float(-(s // 2)) for s in self.span)
-        hi = tuple(float(s - 1 - s // 2) for s in self.span)
-        return lo, hi
+        """Lowest and highest kernel-centred position per axis.
+
+        By default the span's grid (centre ``span // 2``): ``[-(s // 2), s - 1 - s // 2]``. It can be widened
+        per instance by assigning ``(lo, hi)`` (as :func:`dclszoo.convert.from_dcls` does for reference
+        checkpoints whose taps sit outside the grid); assign ``None`` to restore the default. A custom range is
+        an attribute, not part of ``state_dict``: set it again on a freshly built module before loading.
+        """
+        custom = self.__dict__.get("_position_bounds")
+        if custom is not None:
+            return custom
+        return _grid_bounds(self.span)
+
+    @position_bounds.setter
+    def position_bounds(self, bounds) -> None:
+        if bounds is None:
+            self.__dict__["_position_bounds"] = None
+            return
+        n = self._ndim
+        try:
+            lo, hi = (tuple(float(v) for v in side) for side in bounds)
+        except (TypeError, ValueError):
+            raise TypeError(f"position_bounds={bounds!r}: expected (lo, hi), two sequences of {n} floats.") from None
+        if len(lo) != n or len(hi) != n or not all(math.isfinite(v) for v in lo + hi):
+            raise ValueError(f"position_bounds={bounds!r}: expected (lo, hi), two sequences of {n} finite floats.")
+        if any(a > b for a, b in zip(lo, hi)):
+            raise ValueError(f"position_bounds={bounds!r}: every lo must be <= its hi.")
+        self.__dict__["_position_bounds"] = (lo, hi)
 
     def reset_parameters(self) -> None:
-        """Kaiming-uniform tap weights (fan-in = in/groups * taps), positions ~ N(0, 0.5) inside the span."""
+        """Kaiming-uniform tap weights (fan-in = in/groups * taps), positions ~ N(0, 0.5) inside the span,
+        sigma back to its initial value. A no-op on the meta device (call it after ``to_empty``)."""
         if self.weight.is_meta:
             return
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         with torch.no_grad():
             self.positions.normal_(0.0, 0.5)
             self.clamp_parameters()
+            if self.sigma is not None:
+                self.sigma.fill_(self.sigma_init)
         if self.bias is not None:
             fan_in = self.weight.shape[1] * self.weight.shape[2]
             bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
@@ -268,6 +305,8 @@ class DclsConvNd(nn.Module):
             s += ", bias=False"
         if self.padding_mode != "zeros":
             s += f", padding_mode={self.padding_mode!r}"
+        if self.__dict__.get("_position_bounds") is not None:
+            s += f", position_bounds={self.position_bounds}"
         return s
 
 
