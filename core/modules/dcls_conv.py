@@ -64,6 +64,7 @@ def _straight_through_clamp(x: torch.Tensor, lo: Sequence[float], hi: Sequence[f
 class DclsConvNd(nn.Module):
     """Base class of the DCLS convolutions; see :class:`DclsConv2d` for the arguments."""
 
+    dclszoo_patched = True  # marks modules dclszoo.unpatch / to_dense turn back into plain torch ones
     _ndim: int = 0
     _dense_cls: type = nn.Module
 
