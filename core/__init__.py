@@ -9,7 +9,7 @@ from ._plugins import PluginInfo, PluginLoadError, PluginValidationError, enable
 from .api import is_patched, patch, to_dense, unpatch
 from .config import DclsConfig, DelayConfig, config_from_dict
 from .hookspecs import hookimpl
-from .modules import DclsConv1d, DclsConv2d, DclsConv3d, DclsConvNd
+from .modules import DclsConv1d, DclsConv2d, DclsConv3d, DclsConvNd, DelayedConv1d, DelayedConv2d, DelayedLinear
 from .patching import replace_modules
 from .report import PatchReport, ReplacedModule
 from .version import __version__
@@ -25,6 +25,9 @@ __all__ = [
     "DclsConv2d",
     "DclsConv3d",
     "DclsConvNd",
+    "DelayedLinear",
+    "DelayedConv1d",
+    "DelayedConv2d",
     # configs and patching
     "DclsConfig",
     "DelayConfig",
