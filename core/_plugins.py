@@ -130,11 +130,12 @@ def _validate(pm: pluggy.PluginManager, plugin: Any, name: str) -> None:
         if caller is None or not caller.has_spec():
             if opts.get("optionalhook"):
                 continue
+            fix = "Rename it to one of them"
+            fix += f", or drop the '{HOOK_PREFIX}' prefix if it is a helper." if attr.startswith(HOOK_PREFIX) else "."
             raise PluginValidationError(
                 plugin,
                 f"dclszoo plugin {name!r} ({_where(plugin)}): {attr}() implements unknown hook {hook_name!r}. "
-                f"Known hooks: {', '.join(known)}. Rename it to one of them, or remove the '{HOOK_PREFIX}' prefix "
-                f"if it is a helper function.",
+                f"Known hooks: {', '.join(known)}. {fix}",
             )
         spec_args = list(caller.spec.argnames) + list(caller.spec.kwargnames)
         extra = [a for a in _required_args(getattr(plugin, attr)) if a not in spec_args]
@@ -293,7 +294,8 @@ def enable(only: Iterable[str] | None = None, block: Iterable[str] = ()) -> list
                 _STATE.infos.pop(name, None)
         eps = _entry_points()
         if allow is not None:
-            missing = sorted(allow - set(eps) - {n for n, _ in pm.list_name_plugin() if _ is not None})
+            registered = {n for n, plugin in pm.list_name_plugin() if plugin is not None}
+            missing = sorted(allow - set(eps) - registered)
             if missing:
                 msg = (f"dclszoo plugin(s) {missing} requested but not installed; available: {sorted(eps)}. "
                        f"Install the package that provides them or fix the name.")
