@@ -60,7 +60,9 @@ def replace_modules(model: nn.Module, make: MakeFn, filter_fn: FilterFn | None =
     todo: list[tuple[nn.Module, str, nn.Module]] = []
 
     def visit(parent: nn.Module, prefix: str) -> None:
-        for name, child in parent.named_children():
+        for name, child in list(parent._modules.items()):  # not named_children(): it hides shared children
+            if child is None:
+                continue
             fqn = f"{prefix}.{name}" if prefix else name
             if id(child) in done:
                 todo.append((parent, name, done[id(child)]))
