@@ -3,14 +3,15 @@
 Plugins are modules registered under the entry-point group ``dclszoo`` (see :mod:`dclszoo.hookspecs`).
 :func:`enable` loads them once; nothing is loaded when ``dclszoo`` is imported.
 
-Failure policy:
-  * A plugin that fails to import (or whose ``dclszoo_register`` raises ``ImportError``, i.e. its model zoo
-    is not installed) is skipped with a ``RuntimeWarning`` when it was auto-discovered, and recorded in
-    :func:`plugins` with its error. When it was requested explicitly (``enable(only=...)`` or
-    ``DCLSZOO_PLUGINS``) :class:`PluginLoadError` is raised instead.
-  * A plugin with a malformed hook (an argument the spec does not provide, or a ``dclszoo_*`` function that
-    matches no spec) always raises ``pluggy.PluginValidationError`` naming plugin, hook and argument:
-    that is a bug in the plugin, not a missing optional dependency.
+Failure policy (auto-discovered = loaded because no allow-list excluded it; explicit = named in
+``enable(only=...)`` or ``$DCLSZOO_PLUGINS``):
+  * The plugin module fails to import: a broken plugin. Auto-discovered: ``RuntimeWarning``, the plugin is
+    skipped and listed by :func:`plugins` with its error. Explicit: :class:`PluginLoadError`.
+  * Its ``dclszoo_register`` raises ``ImportError``: the model zoo it serves is not installed (plugin modules
+    import their zoo inside hooks). Auto-discovered: skipped quietly and listed with its error (no warning, so
+    users of one zoo are not nagged about the others). Explicit: :class:`PluginLoadError`.
+  * A malformed hook (an argument the spec does not provide, or a ``dclszoo_*`` function that matches no
+    spec): always ``pluggy.PluginValidationError`` naming plugin, hook and argument, since that is a bug.
 """
 
 from __future__ import annotations
@@ -174,14 +175,16 @@ def _info(pm: pluggy.PluginManager, plugin: Any, name: str, version: str | None)
     return PluginInfo(name, None if version is None else str(version), tuple(supports), _where(plugin))
 
 
-def _fail(name: str, module: str, version: str | None, message: str, explicit: bool, cause: BaseException) -> None:
+def _fail(name: str, module: str, version: str | None, message: str, explicit: bool, cause: BaseException,
+          warn: bool = True) -> None:
     if explicit:
         raise PluginLoadError(
             f"{message}. It was requested explicitly (enable(only=...) or ${ENV_ALLOW}); install what it needs "
             f"or leave it out of the list."
         ) from cause
-    warnings.warn(f"{message}; plugin skipped (block it with ${ENV_BLOCK}={name} to silence this).", RuntimeWarning,
-                  stacklevel=4)
+    if warn:
+        warnings.warn(f"{message}; plugin skipped (block it with ${ENV_BLOCK}={name} to silence this).",
+                      RuntimeWarning, stacklevel=4)
     _STATE.infos[name] = PluginInfo(name, version, (), module, f"{type(cause).__name__}: {cause}")
 
 
@@ -222,8 +225,8 @@ def register_plugin(plugin: Any, name: str | None = None, *, _version: str | Non
             _call_own(pm, plugin, "dclszoo_register")
         except ImportError as exc:
             pm.unregister(name=name)
-            _fail(name, _where(plugin), _version, f"dclszoo plugin {name!r}: dclszoo_register() failed: {exc}",
-                  _explicit, exc)
+            _fail(name, _where(plugin), _version, f"dclszoo plugin {name!r}: dclszoo_register() failed, its model "
+                  f"zoo is probably not installed: {exc}", _explicit, exc, warn=False)
             return _STATE.infos.get(name)
         except BaseException:
             pm.unregister(name=name)

@@ -11,6 +11,7 @@ import copy
 import importlib.metadata
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -218,10 +219,12 @@ def test_register_import_error_is_a_missing_dependency(tmp_path, monkeypatch):
             import tp_zoo_not_installed
     """
     install(tmp_path, monkeypatch, "tp-needs", {"needs": "tp_needs"}, {"tp_needs": src})
-    with pytest.warns(RuntimeWarning, match="'needs'.*dclszoo_register"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a zoo that is not installed is no reason to nag
         (info,) = dclszoo.enable()
-    assert not info.loaded and not _plugins.get_plugin_manager().has_plugin("needs")
-    with pytest.raises(dclszoo.PluginLoadError, match="'needs'"):
+    assert not info.loaded and "tp_zoo_not_installed" in info.error
+    assert not _plugins.get_plugin_manager().has_plugin("needs")
+    with pytest.raises(dclszoo.PluginLoadError, match="'needs': dclszoo_register.*not installed.*requested explicitly"):
         dclszoo.enable(only=["needs"])
 
 
@@ -261,6 +264,27 @@ def test_malformed_plugin_fails_loudly(tmp_path, monkeypatch, source, pattern):
         dclszoo.enable()  # auto-discovered, and still an error: it is a bug in the plugin
     assert not _plugins.get_plugin_manager().has_plugin("broken")
     assert _plugins.get_plugin_manager().hook.dclszoo_patch.get_hookimpls() == []
+
+
+def test_pluggy_checks_are_wrapped_with_the_plugin_name():
+    class Plugin:
+        @dclszoo.hookimpl(wrapper=True)
+        def dclszoo_patch(self, model):
+            return None
+
+    with pytest.raises(dclszoo.PluginValidationError, match=r"(?s)plugin 'wrap'.*dclszoo_patch.*not a generator"):
+        dclszoo.register_plugin(Plugin(), "wrap")
+    assert not _plugins.get_plugin_manager().has_plugin("wrap")
+
+
+def test_patch_hook_returning_garbage_is_reported():
+    class Plugin:
+        def dclszoo_patch(self, model):
+            return {"replaced": []}
+
+    dclszoo.register_plugin(Plugin(), "garbage")
+    with pytest.raises(TypeError, match=r"dclszoo_patch hook returned dict; expected a PatchReport.*'garbage'"):
+        dclszoo.patch(nn.Sequential(nn.Conv2d(2, 2, 3, groups=2)), dclszoo.DclsConfig())
 
 
 def test_register_plugin_in_process_with_an_object():
