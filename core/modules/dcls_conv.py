@@ -217,8 +217,8 @@ class DclsConvNd(nn.Module):
         n = self._ndim
         if x.dim() not in (n + 1, n + 2):
             raise ValueError(
-                f"{type(self).__name__} expects a {n + 2}-D input [N, C, {'spatial, ' * n}] or {n + 1}-D unbatched, "
-                f"got shape {tuple(x.shape)}."
+                f"{type(self).__name__}: input of shape {tuple(x.shape)} has {x.dim()} dims; expected a {n + 2}-D "
+                f"input [N, C, {', '.join(('L', 'H, W', 'D, H, W')[n - 1:n])}] or {n + 1}-D unbatched [C, ...]."
             )
         if x.shape[-n - 1] != self.in_channels:
             raise ValueError(
