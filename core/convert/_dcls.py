@@ -24,7 +24,8 @@ from typing import Mapping, Sequence
 
 import torch
 
-from ..modules.dcls_conv import DclsConv1d, DclsConv2d, DclsConv3d, DclsConvNd, _grid_bounds
+from ..modules._clamp import _grid_bounds
+from ..modules.dcls_conv import DclsConv1d, DclsConv2d, DclsConv3d, DclsConvNd
 
 __all__ = ["from_dcls", "REFERENCE_VERSIONS"]
 

@@ -7,41 +7,19 @@ Paper: Hassani, Pellegrini, Masquelier, "Dilated convolution with learnable spac
 from __future__ import annotations
 
 import math
-import warnings
-import weakref
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ..functional import INTERPOLATIONS, dcls_kernel
+from ._clamp import _LIVE_MODULES, _grid_bounds, _install_step_hook, _straight_through_clamp  # noqa: F401
 
 __all__ = ["DclsConv1d", "DclsConv2d", "DclsConv3d", "DclsConvNd"]
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 SIGMA_FLOOR = 1e-3
-
-_LIVE_MODULES: "weakref.WeakSet[DclsConvNd]" = weakref.WeakSet()
-_STEP_HOOK = None
-
-
-def _clamp_after_step(optimizer, args, kwargs) -> None:
-    """Global optimizer step post-hook: keep every live DCLS module's stored positions inside its span."""
-    for module in list(_LIVE_MODULES):
-        module.clamp_parameters()
-
-
-def _install_step_hook() -> None:
-    global _STEP_HOOK
-    if _STEP_HOOK is None:
-        _STEP_HOOK = register_optimizer_step_post_hook(_clamp_after_step)
-
-
-def _grid_bounds(span: Sequence[int]) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Kernel-centred coordinates of the first and last grid point per axis (centre ``span // 2``)."""
-    return tuple(float(-(s // 2)) for s in span), tuple(float(s - 1 - s // 2) for s in span)
 
 
 def _tuple(value, n: int, name: str) -> tuple[int, ...]:
@@ -50,15 +28,6 @@ def _tuple(value, n: int, name: str) -> tuple[int, ...]:
     if isinstance(value, (tuple, list)) and len(value) == n and all(isinstance(v, int) for v in value):
         return tuple(value)
     raise TypeError(f"{name}={value!r}: expected an int or a tuple of {n} ints.")
-
-
-def _straight_through_clamp(x: torch.Tensor, lo: Sequence[float], hi: Sequence[float]) -> torch.Tensor:
-    """Clamp axis ``d`` of ``x`` to ``[lo[d], hi[d]]`` in value, identity in gradient (no dead zone at the border)."""
-    if len(set(lo)) == 1 and len(set(hi)) == 1:
-        clamped = x.clamp(lo[0], hi[0])
-    else:
-        clamped = torch.stack([x[d].clamp(lo[d], hi[d]) for d in range(x.shape[0])])
-    return x + (clamped - x).detach()
 
 
 class DclsConvNd(nn.Module):

@@ -387,3 +387,27 @@ def test_import_is_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "", f"import dclszoo pulled in: {out.stdout.strip()}"
+
+
+def test_widened_position_bounds_are_respected_and_validated():
+    m = DclsConv1d(1, 1, 1, 5, padding=2, bias=False)
+    assert m.position_bounds == ((-2.0,), (2.0,))
+    m.position_bounds = ((-2.0,), (4.0,))
+    with torch.no_grad():
+        m.positions.fill_(3.5)
+        m.weight.fill_(1.0)
+    torch.optim.SGD(m.parameters(), lr=0.0).step()
+    assert m.positions.item() == 3.5  # inside the widened range: kept
+    twin = copy.deepcopy(m)
+    assert twin.position_bounds == ((-2.0,), (4.0,))
+    x = torch.randn(1, 1, 9)
+    torch.testing.assert_close(m(x), dense_twin(m)(x))  # the Gaussian centred off the grid, normalised on it
+    m.position_bounds = None
+    torch.optim.SGD(m.parameters(), lr=0.0).step()
+    assert m.positions.item() == 2.0
+    with pytest.raises(ValueError, match="lo must be <= its hi"):
+        m.position_bounds = ((1.0,), (0.0,))
+    with pytest.raises(ValueError, match="finite"):
+        m.position_bounds = ((-2.0, 0.0), (2.0, 1.0))
+    with pytest.raises(TypeError, match="position_bounds"):
+        m.position_bounds = 3
