@@ -4,7 +4,11 @@ The dense kernel of a DCLS convolution is, per (out, in) pair, a sum over taps o
 profiles (both interpolations are separable across axes). :func:`dcls_kernel` builds it as batched matrix
 products and has a hand-written backward that recomputes the profiles, so neither direction ever holds the
 ``prod(span) x ndim x O x I/g x kc`` tensor that the plain formula (:mod:`dclszoo.reference`) needs. Work is
-done in row chunks so that temporaries stay a fraction of the dense kernel's own size.
+done in chunks of (out, in) rows whose temporaries stay a small fraction of the dense kernel's own size, with
+in-place arithmetic so that each chunk holds at most three profile-sized tensors.
+
+Gaussian profile values below ``exp(-25)`` (float32; ``exp(-200)`` in float64) of the peak are set to zero: far
+below the float precision of the result, and it keeps denormal numbers (very slow on CPUs) out of the products.
 """
 
 from __future__ import annotations
@@ -22,82 +26,153 @@ __all__ = ["dcls_kernel", "dcls_kernel_reference", "dcls_conv", "INTERPOLATIONS"
 INTERPOLATIONS = ("gauss", "bilinear")
 
 # Temporaries of one chunk are kept under this fraction of the dense kernel (and this many elements at least).
-_CHUNK_FRACTION = 0.25
+_CHUNK_FRACTION = 0.05
 _MIN_CHUNK_ELEMENTS = 1 << 16
+_GAUSS_TAIL = {torch.float32: 25.0, torch.float64: 200.0}
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _profiles(p: torch.Tensor, s: torch.Tensor | None, span: tuple[int, ...], interpolation: str):
-    """Per-axis 1-D profiles ``A[d]: [n, K, S_d]`` and what their derivatives need.
+class _Plan:
+    """Static description of one construction: shapes, axis groups, grids and chunking."""
 
-    Returns a list of ``(A, u, dA_dp)`` per axis: for gauss ``u`` is the normalised distance and ``dA_dp`` is
-    None; for bilinear ``u`` is None and ``dA_dp`` the (+1/-1) derivative pattern of the floor form.
-    """
-    out = []
-    for d, size in enumerate(span):
-        x = torch.arange(size, device=p.device, dtype=p.dtype) - (size // 2)
-        pd = p[d].unsqueeze(-1)
-        if interpolation == "gauss":
-            u = (x - pd) / s[d].unsqueeze(-1)
-            out.append((torch.exp(-0.5 * u * u), u, None))
+    def __init__(self, rows: int, k: int, span: tuple[int, ...], interpolation: str, like: torch.Tensor):
+        self.rows, self.k, self.span, self.ndim = rows, k, span, len(span)
+        self.gauss = interpolation == "gauss"
+        # Axes of equal size are processed together as one stacked [axes, n, K, S] tensor.
+        if len(set(span)) == 1:
+            self.groups = [(0, self.ndim, span[0])]
         else:
-            fl = torch.floor(pd)
-            r = pd - fl
-            lo = (x == fl).to(p.dtype)
-            hi = (x == fl + 1).to(p.dtype)
-            out.append((lo * (1 - r) + hi * r, None, hi - lo))
-    return out
+            self.groups = [(d, d + 1, size) for d, size in enumerate(span)]
+        self.grids = {size: torch.arange(size, device=like.device, dtype=like.dtype) - (size // 2) for size in span}
+        self.ones = {size: torch.ones(size, device=like.device, dtype=like.dtype) for size in span}
+        self.tail = _GAUSS_TAIL.get(like.dtype, 25.0)
+        self.tail_value = math.exp(-self.tail)
+        cube = k * span[1] * span[2] if self.ndim == 3 else 0
+        self.fwd_row = 0 if (self.ndim == 1 and k == 1) else k * sum(span) + cube
+        self.bwd_row = 2 * k * sum(span) + 2 * cube
+
+    def chunks(self, per_row: int):
+        budget = max(_MIN_CHUNK_ELEMENTS, int(_CHUNK_FRACTION * self.rows * math.prod(self.span)))
+        step = max(1, min(self.rows, budget // max(1, per_row)))
+        for a in range(0, self.rows, step):
+            yield a, min(self.rows, a + step)
+
+    def lastsum(self, t: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Sum over the last axis of a contiguous tensor as one matrix-vector product (faster than ``sum``)."""
+        size = t.shape[-1]
+        flat = t.view(-1, size)
+        if out is None:
+            return torch.mv(flat, self.ones[size]).view(t.shape[:-1])
+        torch.mv(flat, self.ones[size], out=out.view(-1))
+        return out
 
 
-def _contract_forward(scale: torch.Tensor, a: list[torch.Tensor]) -> torch.Tensor:
-    """``sum_k scale[n,k] * A0[n,k,:] x A1[n,k,:] x ...`` as batched matmuls -> ``[n, *span]``."""
-    n = scale.shape[0]
+def _gauss(plan: _Plan, p: torch.Tensor, s: torch.Tensor, size: int, out: torch.Tensor | None = None):
+    """Gaussian profiles ``A [g, n, K, S]`` of positions ``p [g, n, K]`` with std ``s`` (into ``out``)."""
+    a = torch.sub(plan.grids[size], p.unsqueeze(-1), out=out)
+    a.square_().mul_((-0.5 / (s * s)).unsqueeze(-1)).clamp_(min=-plan.tail).exp_()
+    return F.threshold(a, plan.tail_value, 0.0, inplace=True)
+
+
+def _bilinear(plan: _Plan, p: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear profiles ``relu(1 - |x - p|)`` (the values of the floor form) ``[g, n, K, S]``."""
+    return (plan.grids[size] - p.unsqueeze(-1)).abs_().neg_().add_(1.0).relu_()
+
+
+def _profiles(plan: _Plan, p: torch.Tensor, s: torch.Tensor | None) -> list[torch.Tensor]:
+    """Profiles per axis group, ``A_g [axes, n, K, S]``."""
+    if plan.gauss:
+        return [_gauss(plan, p[lo:hi], s[lo:hi], size) for lo, hi, size in plan.groups]
+    return [_bilinear(plan, p[lo:hi], size) for lo, hi, size in plan.groups]
+
+
+def _axes(groups: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [t for g in groups for t in g.unbind(0)]
+
+
+def _scale(plan: _Plan, w: torch.Tensor, prof: list[torch.Tensor]):
+    """``(scale, sums, denom)``: tap weight over its normaliser (gauss); ``sums [ndim, n, K]``."""
+    if not plan.gauss:
+        return w, None, None
+    sums = torch.cat([plan.lastsum(a) for a in prof]) if len(prof) > 1 else plan.lastsum(prof[0])
+    denom = (sums.prod(0) if plan.ndim > 1 else sums[0]) + GAUSS_EPS
+    return w / denom, sums, denom
+
+
+def _contract_forward(scale: torch.Tensor, a: list[torch.Tensor], out: torch.Tensor) -> None:
+    """``out[n] = sum_k scale[n,k] * A0[n,k,:] x A1[n,k,:] x ...`` (overwrites ``a[0]``)."""
+    n, k = scale.shape
     if len(a) == 1:
-        return torch.bmm(scale.unsqueeze(1), a[0]).squeeze(1)
-    left = (a[0] * scale.unsqueeze(-1)).transpose(1, 2)  # [n, S0, K]
+        if k == 1:
+            torch.mul(a[0][:, 0], scale, out=out)
+        else:
+            torch.sum(a[0].mul_(scale.unsqueeze(-1)), dim=1, out=out)
+        return
+    left = a[0].mul_(scale.unsqueeze(-1)).transpose(1, 2)  # [n, S0, K]
     if len(a) == 2:
-        return torch.bmm(left, a[1])
+        torch.bmm(left, a[1], out=out)
+        return
     right = (a[1].unsqueeze(-1) * a[2].unsqueeze(-2)).flatten(2)  # [n, K, S1*S2]
-    return torch.bmm(left, right).view(n, a[0].shape[-1], a[1].shape[-1], a[2].shape[-1])
+    torch.bmm(left, right, out=out.view(n, out.shape[1], -1))
 
 
-def _contract_backward(g: torch.Tensor, a: list[torch.Tensor]) -> list[torch.Tensor]:
-    """For each axis d: ``E_d[n,k,x_d] = sum_{other axes} g[n, ...] * prod_{e != d} A_e[n,k,x_e]``."""
-    if len(a) == 1:
-        return [g.unsqueeze(1).expand_as(a[0])]
+def _contract_backward(g: torch.Tensor, a: list[torch.Tensor], e: list[torch.Tensor]) -> None:
+    """``e[d][n,k,x_d] = sum_{other axes} g[n, ...] * prod_{e != d} A_e[n,k,x_e]`` written into ``e``."""
     if len(a) == 2:
-        e0 = torch.bmm(a[1], g.transpose(1, 2))  # [n, K, S0]
-        e1 = torch.bmm(a[0], g)  # [n, K, S1]
-        return [e0, e1]
+        torch.bmm(a[1], g.transpose(1, 2), out=e[0])
+        torch.bmm(a[0], g, out=e[1])
+        return
     n, s0, s1, s2 = g.shape
-    h = torch.bmm(a[2], g.reshape(n, s0 * s1, s2).transpose(1, 2)).view(n, -1, s0, s1)  # [n, K, S0, S1]
-    e0 = (h * a[1].unsqueeze(-2)).sum(-1)
-    e1 = (h * a[0].unsqueeze(-1)).sum(-2)
-    outer = (a[0].unsqueeze(-1) * a[1].unsqueeze(-2)).flatten(2)  # [n, K, S0*S1]
-    e2 = torch.bmm(outer, g.reshape(n, s0 * s1, s2))
-    return [e0, e1, e2]
+    flat = g.reshape(n, s0, s1 * s2)
+    outer = (a[1].unsqueeze(-1) * a[2].unsqueeze(-2)).flatten(2)  # [n, K, S1*S2]
+    torch.bmm(outer, flat.transpose(1, 2), out=e[0])
+    del outer
+    h = torch.bmm(a[0], flat).view(n, -1, s1, s2)  # [n, K, S1, S2]
+    torch.sum(h * a[2].unsqueeze(-2), dim=-1, out=e[1])
+    torch.sum(h.mul_(a[1].unsqueeze(-1)), dim=-2, out=e[2])
 
 
-def _scale(w: torch.Tensor, sums: list[torch.Tensor] | None):
-    if sums is None:
-        return w, None
-    prod = sums[0]
-    for s_d in sums[1:]:
-        prod = prod * s_d
-    return w / (prod + GAUSS_EPS), prod
+class _SigmaGrad:
+    """Gradient buffer for a sigma of any broadcast shape, filled chunk by chunk without a full-size copy."""
+
+    def __init__(self, sigma: torch.Tensor, shape4: tuple[int, ...], rows: int, dtype: torch.dtype):
+        ndim, o, i, k = shape4
+        self.sigma, self.shape4 = sigma, shape4
+        s4 = (1,) * (4 - sigma.dim()) + tuple(sigma.shape)
+        self.s4 = s4
+        self.full = s4 == shape4
+        self.shared_rows = s4[1] == 1 and s4[2] == 1
+        if self.full or not self.shared_rows:
+            self.buf = torch.zeros((ndim, rows, k), device=sigma.device, dtype=dtype)
+        else:
+            self.buf = torch.zeros((s4[0], 1, s4[3]), device=sigma.device, dtype=dtype)
+
+    def add(self, a: int, b: int, chunk: torch.Tensor) -> None:
+        if self.full or not self.shared_rows:
+            self.buf[:, a:b] = chunk
+        else:
+            self.buf += chunk.sum_to_size(self.buf.shape)
+
+    def result(self) -> torch.Tensor:
+        if self.full:
+            g = self.buf.view(self.shape4)
+        elif self.shared_rows:
+            g = self.buf.view(self.s4)
+        else:
+            g = self.buf.view(self.shape4).sum_to_size(self.s4)
+        return g.reshape(self.sigma.shape).to(self.sigma.dtype)
 
 
-def _chunk_rows(rows: int, per_row_tmp: int, per_row_dense: int) -> int:
-    budget = max(_MIN_CHUNK_ELEMENTS, int(_CHUNK_FRACTION * per_row_dense * rows))
-    return max(1, min(rows, budget // max(1, per_row_tmp)))
-
-
-def _per_row_tmp(k: int, span: tuple[int, ...]) -> int:
-    extra = span[1] * span[2] if len(span) == 3 else 0
-    return 4 * k * (sum(span) + extra)
+def _rows_view(t: torch.Tensor, shape4: tuple[int, ...]) -> torch.Tensor:
+    """``t`` broadcast to ``[ndim, O, I, K]`` as ``[ndim, O*I, K]``, without a copy whenever strides allow."""
+    full = t.expand(shape4)
+    try:
+        return full.view(shape4[0], -1, shape4[3])
+    except RuntimeError:
+        return full.reshape(shape4[0], -1, shape4[3])
 
 
 class _DclsKernel(torch.autograd.Function):
@@ -107,26 +182,26 @@ class _DclsKernel(torch.autograd.Function):
     def forward(ctx, weight, positions, sigma, span, interpolation):
         ndim = positions.shape[0]
         o, i, k = weight.shape
-        out_dtype = weight.dtype
-        cdt = _compute_dtype(out_dtype)
+        shape4 = (ndim, o, i, k)
+        cdt = _compute_dtype(weight.dtype)
         w = weight.reshape(o * i, k).to(cdt)
         p = positions.reshape(ndim, o * i, k).to(cdt)
-        s = None
-        if interpolation == "gauss":
-            s = sigma.to(cdt).expand(ndim, o, i, k).reshape(ndim, o * i, k)
-        rows = o * i
-        out = torch.empty((rows,) + span, device=weight.device, dtype=cdt)
-        step = _chunk_rows(rows, _per_row_tmp(k, span), math.prod(span))
-        for a in range(0, rows, step):
-            b = min(rows, a + step)
-            prof = _profiles(p[:, a:b], None if s is None else s[:, a:b], span, interpolation)
-            sums = [pr[0].sum(-1) for pr in prof] if interpolation == "gauss" else None
-            scale, _ = _scale(w[a:b], sums)
-            out[a:b] = _contract_forward(scale, [pr[0] for pr in prof])
+        plan = _Plan(o * i, k, span, interpolation, p)
+        s = _rows_view(sigma.to(cdt), shape4) if plan.gauss else None
+        out = torch.empty((o * i,) + span, device=weight.device, dtype=cdt)
+        for a, b in plan.chunks(plan.fwd_row):
+            s_ab = None if s is None else s[:, a:b]
+            if plan.fwd_row == 0:  # 1-D, one tap: the profile is built in the output itself
+                prof = [_profile_into(plan, p[:, a:b], s_ab, out[a:b].unsqueeze(0).unsqueeze(2))]
+                scale, _, _ = _scale(plan, w[a:b], prof)
+                out[a:b].mul_(scale)
+                continue
+            prof = _profiles(plan, p[:, a:b], s_ab)
+            scale, _, _ = _scale(plan, w[a:b], prof)
+            _contract_forward(scale, _axes(prof), out[a:b])
         ctx.save_for_backward(weight, positions, sigma)
-        ctx.span = span
-        ctx.interpolation = interpolation
-        return out.view((o, i) + span).to(out_dtype)
+        ctx.span, ctx.interpolation = span, interpolation
+        return out.view((o, i) + span).to(weight.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -135,55 +210,94 @@ class _DclsKernel(torch.autograd.Function):
         span, interpolation = ctx.span, ctx.interpolation
         ndim = positions.shape[0]
         o, i, k = weight.shape
+        shape4, rows = (ndim, o, i, k), o * i
         cdt = _compute_dtype(weight.dtype)
-        rows = o * i
         w = weight.reshape(rows, k).to(cdt)
         p = positions.reshape(ndim, rows, k).to(cdt)
+        plan = _Plan(rows, k, span, interpolation, p)
         g = grad.reshape((rows,) + span).to(cdt)
-        gauss = interpolation == "gauss"
-        s = sigma.to(cdt).expand(ndim, o, i, k).reshape(ndim, rows, k) if gauss else None
+        s = _rows_view(sigma.to(cdt), shape4) if plan.gauss else None
         need_w, need_p, need_s = ctx.needs_input_grad[:3]
-        need_s = need_s and gauss
-        gw = torch.empty_like(w) if need_w else None
-        gp = torch.empty_like(p) if need_p else None
-        gs = torch.empty((ndim, rows, k), device=w.device, dtype=cdt) if need_s else None
-        step = _chunk_rows(rows, 2 * _per_row_tmp(k, span), math.prod(span))
-        for a in range(0, rows, step):
-            b = min(rows, a + step)
-            prof = _profiles(p[:, a:b], None if s is None else s[:, a:b], span, interpolation)
-            prof_a = [pr[0] for pr in prof]
-            sums = [x.sum(-1) for x in prof_a] if gauss else None
-            scale, prod = _scale(w[a:b], sums)
-            contr = _contract_backward(g[a:b], prof_a)
-            gscale = (contr[0] * prof_a[0]).sum(-1)  # dL/dscale [n, K]
-            if gw is not None:
-                gw[a:b] = gscale / (prod + GAUSS_EPS) if gauss else gscale
-            if gp is None and gs is None:
-                continue
-            if gauss:
-                gprod = -gscale * scale / (prod + GAUSS_EPS)  # dL/dP
-            for d, (a_d, u, dadp) in enumerate(prof):
-                dl_da = contr[d] * scale.unsqueeze(-1)
-                if gauss:
-                    others = 1
-                    for e in range(ndim):
-                        if e != d:
-                            others = others * sums[e]
-                    dl_da = dl_da + (gprod * others).unsqueeze(-1)
-                    t = dl_da * a_d * u
-                    inv_s = 1.0 / s[d, a:b]
-                    if gp is not None:
-                        gp[d, a:b] = t.sum(-1) * inv_s
-                    if gs is not None:
-                        gs[d, a:b] = (t * u).sum(-1) * inv_s
-                elif gp is not None:
-                    gp[d, a:b] = (dl_da * dadp).sum(-1)
+        gw = torch.empty((rows, k), device=w.device, dtype=cdt) if need_w else None
+        gp = torch.empty((ndim, rows, k), device=w.device, dtype=cdt) if need_p else None
+        gs = _SigmaGrad(sigma, shape4, rows, cdt) if need_s and plan.gauss else None
+        for a, b in plan.chunks(plan.bwd_row):
+            s_ab = None if s is None else s[:, a:b]
+            prof = _profiles(plan, p[:, a:b], s_ab)
+            scale, sums, denom = _scale(plan, w[a:b], prof)
+            if plan.gauss:
+                _gauss_backward(plan, g[a:b], p[:, a:b], s_ab, scale, sums, denom, prof, gw, gp, gs, a, b)
+            else:
+                _bilinear_backward(plan, g[a:b], p[:, a:b], scale, prof, gw, gp, a, b)
         gw = gw.view(o, i, k).to(weight.dtype) if gw is not None else None
-        gp = gp.view(ndim, o, i, k).to(positions.dtype) if gp is not None else None
+        gp = gp.view(shape4).to(positions.dtype) if gp is not None else None
+        return gw, gp, (gs.result() if gs is not None else None), None, None
+
+
+def _profile_into(plan: _Plan, p: torch.Tensor, s: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+    """The single profile group of a 1-D construction, written into ``out [1, n, 1, S]``."""
+    if plan.gauss:
+        return _gauss(plan, p, s, plan.span[0], out=out)
+    return out.copy_(_bilinear(plan, p, plan.span[0]))
+
+
+def _tap_grads(plan: _Plan, g: torch.Tensor, prof: list[torch.Tensor], times_profile: bool) -> list[torch.Tensor]:
+    """Per group ``E_g [axes, n, K, S]`` (``E * A`` when ``times_profile``): grad reaching each axis profile."""
+    if plan.ndim == 1:
+        g1 = g.unsqueeze(-2).unsqueeze(0)  # [1, n, 1, S]
+        return [prof[0] * g1 if times_profile else g1.expand_as(prof[0])]
+    e_groups = [torch.empty_like(a) for a in prof]
+    _contract_backward(g, _axes(prof), _axes(e_groups))
+    if times_profile:
+        for e, a in zip(e_groups, prof):
+            e.mul_(a)
+    return e_groups
+
+
+def _gauss_backward(plan, g, p, s, scale, sums, denom, prof, gw, gp, gs, a, b):
+    ea = _tap_grads(plan, g, prof, times_profile=True)  # E_d * A_d, per group
+    gscale = plan.lastsum(ea[0][0])  # dL/dscale [n, K]
+    if gw is not None:
+        torch.div(gscale, denom, out=gw[a:b])
+    if gp is None and gs is None:
+        return
+    gprod = gscale.mul_(scale).div_(denom).neg_()  # dL/d(normaliser product)
+    if plan.ndim == 1:
+        coef = gprod.unsqueeze(0)
+    elif plan.ndim == 2:
+        coef = sums.flip(0).mul_(gprod)
+    else:
+        coef = torch.stack([sums[1] * sums[2], sums[0] * sums[2], sums[0] * sums[1]]).mul_(gprod)
+    # coef[d]: the normaliser's share of dL/dA_d (the same at every grid point)
+    inv_s2 = (s * s).reciprocal_()
+    moments = torch.empty((2,) + coef.shape, device=coef.device, dtype=coef.dtype)
+    for (lo, hi, size), t, a_g in zip(plan.groups, ea, prof):
+        t.mul_(scale.unsqueeze(-1)).addcmul_(a_g, coef[lo:hi].unsqueeze(-1))  # (dL/dA) * A
+        d = torch.sub(plan.grids[size], p[lo:hi].unsqueeze(-1), out=a_g)  # x - p, in A's storage
+        plan.lastsum(t.mul_(d), out=moments[0, lo:hi])
         if gs is not None:
-            gs = gs.view(ndim, o, i, k)
-            gs = gs.sum_to_size(sigma.shape).to(sigma.dtype)
-        return gw, gp, gs, None, None
+            plan.lastsum(t.mul_(d), out=moments[1, lo:hi])
+    if gp is not None:
+        torch.mul(moments[0], inv_s2, out=gp[:, a:b])
+    if gs is not None:
+        gs.add(a, b, moments[1].mul_(inv_s2).div_(s))
+
+
+def _bilinear_backward(plan, g, p, scale, prof, gw, gp, a, b):
+    e = _axes(_tap_grads(plan, g, prof, times_profile=False))  # E_d per axis
+    fl = torch.floor(p)
+    r = p - fl
+    vals = []  # per axis: E_d at floor(p) and floor(p) + 1 (zero where outside the span)
+    for d, size in enumerate(plan.span):
+        idx = (fl[d] + (size // 2)).long().unsqueeze(-1)
+        pair = torch.cat([idx, idx + 1], dim=-1)  # [n, K, 2]
+        valid = (pair >= 0) & (pair < size)
+        vals.append(torch.gather(e[d], -1, pair.clamp(0, size - 1)).mul_(valid))
+    if gw is not None:
+        gw[a:b] = vals[0][..., 0] * (1 - r[0]) + vals[0][..., 1] * r[0]
+    if gp is not None:
+        for d in range(plan.ndim):
+            gp[d, a:b] = (vals[d][..., 1] - vals[d][..., 0]) * scale
 
 
 def _check_op_args(weight, positions, sigma, span, interpolation):

@@ -1,0 +1,84 @@
+"""The benchmark rows (CONTEXT.md section 7 plus a dense 256->256 gauss kernel) and a fair timer.
+
+Every row is built three ways with the same shapes: the dense ``nn.ConvNd`` whose kernel is the whole span,
+our ``DclsConvNd`` (gauss) and ``dcls`` 0.1.1's ``Dcls1d/2d`` (``version='gauss'``).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+import dclszoo
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    in_channels: int
+    out_channels: int
+    groups: int
+    kernel_count: int
+    span: int
+    input_shape: tuple[int, ...]  # [B, C, *spatial]
+    repeats: int  # timing repeats of the slow implementations (more for fast ones)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.input_shape) - 2
+
+    @property
+    def kernel_numel(self) -> int:
+        return self.out_channels * (self.in_channels // self.groups) * self.span**self.ndim
+
+
+CASES = [
+    Case("depthwise C96 56x56 B8, 26 taps, span 17", 96, 96, 96, 26, 17, (8, 96, 56, 56), 3),
+    Case("depthwise C512 14x14 B8, 34 taps, span 23", 512, 512, 512, 34, 23, (8, 512, 14, 14), 5),
+    Case("delays 700->256 Conv1d T=100 B32, 1 tap, span 25", 700, 256, 1, 1, 25, (32, 700, 100), 5),
+    Case("dense 256->256 14x14 B8, 9 taps, span 7", 256, 256, 1, 9, 7, (8, 256, 14, 14), 7),
+]
+
+
+def build(case: Case, seed: int = 0):
+    """``(dense, ours, theirs)`` modules for a row, all with 'same' padding and float32 parameters."""
+    from DCLS.construct.modules import Dcls1d, Dcls2d
+
+    torch.manual_seed(seed)
+    n = case.ndim
+    args = (case.in_channels, case.out_channels)
+    pad = case.span // 2
+    dense = (nn.Conv1d, nn.Conv2d)[n - 1](*args, case.span, padding=pad, groups=case.groups)
+    ours = (dclszoo.DclsConv1d, dclszoo.DclsConv2d)[n - 1](
+        *args, case.kernel_count, case.span, padding=pad, groups=case.groups, interpolation="gauss"
+    )
+    logging.disable(logging.WARNING)  # dcls logs a warning flood about its CUDA-only implicit GEMM
+    try:
+        extra = {"use_implicit_gemm": False} if n == 2 else {}
+        theirs = (Dcls1d, Dcls2d)[n - 1](
+            *args, case.kernel_count, padding=pad, dilated_kernel_size=case.span, groups=case.groups,
+            version="gauss", **extra,
+        )
+    finally:
+        logging.disable(logging.NOTSET)
+    return dense, ours, theirs
+
+
+def median_times(fns: dict[str, Callable[[], object]], repeats: dict[str, int]) -> dict[str, float]:
+    """Median wall time per function; one warm-up call each, then rounds interleaving all of them."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()
+    for r in range(max(repeats.values())):
+        for name, fn in fns.items():
+            if r < repeats[name]:
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}

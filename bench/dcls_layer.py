@@ -1,0 +1,55 @@
+"""DCLS layer forward+backward: dclszoo vs ``dcls`` 0.1.1 vs the dense conv of the span (CPU, 2 threads).
+
+Run: ``python bench/dcls_layer.py`` (needs ``dcls==0.1.1``; about 3 minutes on 2 cores).
+Each implementation computes ``y = layer(x)`` and ``y.backward(gy)`` with ``x.requires_grad`` (a layer inside
+a network) and ``gy`` allocated once; gradients are reset to ``None`` between calls. Timings are medians over
+interleaved rounds. Target (issue 2): ours / dense-span <= 1.05 in every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _cases import CASES, build, median_times  # noqa: E402
+
+
+def _fwd_bwd(module: torch.nn.Module, x: torch.Tensor, gy: torch.Tensor):
+    def run():
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        module(x).backward(gy)
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rows", type=str, default="", help="comma-separated row indices (default: all)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = [CASES[int(i)] for i in args.rows.split(",")] if args.rows else CASES
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, forward+backward, median seconds")
+    print()
+    print("| case | dense conv of span | dclszoo | dcls 0.1.1 | dclszoo / dense | dcls / dense | dcls / dclszoo |")
+    print("|---|---|---|---|---|---|---|")
+    for case in rows:
+        dense, ours, theirs = build(case)
+        x = torch.randn(case.input_shape, requires_grad=True)
+        gy = torch.randn_like(dense(x).detach())
+        fns = {name: _fwd_bwd(m, x, gy) for name, m in (("dense", dense), ("ours", ours), ("dcls", theirs))}
+        t = median_times(fns, {"dense": case.repeats, "ours": case.repeats, "dcls": case.repeats})
+        print(
+            f"| {case.name} | {t['dense']:.4f} | {t['ours']:.4f} | {t['dcls']:.4f} | "
+            f"{t['ours'] / t['dense']:.3f}x | {t['dcls'] / t['dense']:.2f}x | {t['dcls'] / t['ours']:.2f}x |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""DCLS kernel construction alone, forward+backward: time and peak extra memory (CPU, 2 threads).
+
+Run: ``python bench/kernel_construction.py`` (needs ``dcls==0.1.1``; about 3 minutes on 2 cores).
+Compared: ``dclszoo.functional.dcls_kernel`` (the op), ``DclsConvNd.kernel()`` (the op plus the module's
+straight-through position clamp and ``|sigma|`` floor), and ``dcls`` 0.1.1's construction ``layer.DCK(weight,
+P, SIG)``. The dense conv of the span has nothing to build: its forward+backward time is given as the yardstick.
+
+Protocol: parameter gradients are ``None`` before each call; ``k = build(); k.backward(g)`` with ``g`` allocated
+beforehand. Peak extra memory = peak bytes of tensor storages allocated during that call (``bench/_memory.py``,
+self-checked at start-up): it includes the output kernel itself (1x) and the parameter gradients, and is given
+as a multiple of the dense kernel's own float32 size. Targets (issue 2): op peak extra <= 2x, op >= 20x faster
+than dcls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _cases import CASES, build, median_times  # noqa: E402
+from _memory import peak_extra_bytes, self_check  # noqa: E402
+
+from dclszoo.functional import dcls_kernel  # noqa: E402
+
+
+def _builders(case, dense, ours, theirs):
+    g = torch.randn((case.out_channels, case.in_channels // case.groups) + (case.span,) * case.ndim)
+    x = torch.randn(case.input_shape, requires_grad=True)
+    gy = torch.randn_like(dense(x).detach())
+
+    def zero():
+        for m in (dense, ours, theirs):
+            m.zero_grad(set_to_none=True)
+        x.grad = None
+
+    def op():
+        zero()
+        k = dcls_kernel(ours.weight, ours.positions, ours.sigma, ours.span, "gauss")
+        k.backward(g)
+        return k
+
+    def module():
+        zero()
+        k = ours.kernel()
+        k.backward(g)
+        return k
+
+    def reference():
+        zero()
+        k = theirs.DCK(theirs.weight, theirs.P, theirs.SIG)
+        k.backward(g)
+        return k
+
+    def dense_conv():
+        zero()
+        dense(x).backward(gy)
+
+    return {"op": op, "module": module, "dcls": reference, "dense": dense_conv}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rows", type=str, default="", help="comma-separated row indices (default: all)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    self_check()
+    rows = [CASES[int(i)] for i in args.rows.split(",")] if args.rows else CASES
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, forward+backward, median seconds")
+    print()
+    print(
+        "| case | dense kernel | dclszoo op | module.kernel() | dcls 0.1.1 | dcls / op | op / dense conv | "
+        "dcls / dense conv | dense conv fwd+bwd | peak extra: op | module.kernel() | dcls |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    breakdown = []
+    for case in rows:
+        dense, ours, theirs = build(case)
+        fns = _builders(case, dense, ours, theirs)
+        slow = case.repeats
+        t = median_times(fns, {"op": 3 * slow, "module": 3 * slow, "dcls": slow, "dense": slow})
+        kernel_bytes = 4 * case.kernel_numel
+        mem = {name: peak_extra_bytes(fns[name]) / kernel_bytes for name in ("op", "module", "dcls")}
+        grads = sum(p.numel() for p in (ours.weight, ours.positions, ours.sigma)) * 4 / kernel_bytes
+        breakdown.append((case.name, mem["op"], grads))
+        print(
+            f"| {case.name} | {kernel_bytes / 2**20:.2f} MiB | {t['op']:.4f} | {t['module']:.4f} | "
+            f"{t['dcls']:.4f} | {t['dcls'] / t['op']:.0f}x | {t['op'] / t['dense']:.3f} | "
+            f"{t['dcls'] / t['dense']:.3f} | {t['dense']:.4f} | {mem['op']:.2f}x | {mem['module']:.2f}x | "
+            f"{mem['dcls']:.1f}x |",
+            flush=True,
+        )
+    print()
+    print("Peak extra memory of the op, split (multiples of the dense kernel):")
+    print()
+    print("| case | peak extra | output kernel | parameter gradients | temporaries |")
+    print("|---|---|---|---|---|")
+    for name, total, grads in breakdown:
+        print(f"| {name} | {total:.2f}x | 1.00x | {grads:.2f}x | {total - 1 - grads:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
