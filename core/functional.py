@@ -179,7 +179,7 @@ class _DclsKernel(torch.autograd.Function):
     """Autograd op building the dense kernel; backward recomputes per-axis profiles chunk by chunk."""
 
     @staticmethod
-    def forward(ctx, weight, positions, sigma, span, interpolation):
+    def forward(ctx, weight, positions, sigma, span, interpolation, bounds, sigma_floor):
         ndim = positions.shape[0]
         o, i, k = weight.shape
         shape4 = (ndim, o, i, k)
@@ -188,26 +188,28 @@ class _DclsKernel(torch.autograd.Function):
         p = positions.reshape(ndim, o * i, k).to(cdt)
         plan = _Plan(o * i, k, span, interpolation, p)
         s = _rows_view(sigma.to(cdt), shape4) if plan.gauss else None
+        bounds_t = _bounds(bounds, p)
         out = torch.empty((o * i,) + span, device=weight.device, dtype=cdt)
         for a, b in plan.chunks(plan.fwd_row):
-            s_ab = None if s is None else s[:, a:b]
+            p_ab = _clamp(p[:, a:b], bounds_t)
+            s_ab = None if s is None else _floor(s[:, a:b], sigma_floor)
             if plan.fwd_row == 0:  # 1-D, one tap: the profile is built in the output itself
-                prof = [_profile_into(plan, p[:, a:b], s_ab, out[a:b].unsqueeze(0).unsqueeze(2))]
+                prof = [_profile_into(plan, p_ab, s_ab, out[a:b].unsqueeze(0).unsqueeze(2))]
                 scale, _, _ = _scale(plan, w[a:b], prof)
                 out[a:b].mul_(scale)
                 continue
-            prof = _profiles(plan, p[:, a:b], s_ab)
+            prof = _profiles(plan, p_ab, s_ab)
             scale, _, _ = _scale(plan, w[a:b], prof)
             _contract_forward(scale, _axes(prof), out[a:b])
         ctx.save_for_backward(weight, positions, sigma)
-        ctx.span, ctx.interpolation = span, interpolation
+        ctx.span, ctx.interpolation, ctx.bounds, ctx.sigma_floor = span, interpolation, bounds, sigma_floor
         return out.view((o, i) + span).to(weight.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         weight, positions, sigma = ctx.saved_tensors
-        span, interpolation = ctx.span, ctx.interpolation
+        span, interpolation, bounds, sigma_floor = ctx.span, ctx.interpolation, ctx.bounds, ctx.sigma_floor
         ndim = positions.shape[0]
         o, i, k = weight.shape
         shape4, rows = (ndim, o, i, k), o * i
@@ -221,17 +223,37 @@ class _DclsKernel(torch.autograd.Function):
         gw = torch.empty((rows, k), device=w.device, dtype=cdt) if need_w else None
         gp = torch.empty((ndim, rows, k), device=w.device, dtype=cdt) if need_p else None
         gs = _SigmaGrad(sigma, shape4, rows, cdt) if need_s and plan.gauss else None
+        bounds_t = _bounds(bounds, p)
         for a, b in plan.chunks(plan.bwd_row):
-            s_ab = None if s is None else s[:, a:b]
-            prof = _profiles(plan, p[:, a:b], s_ab)
+            p_ab = _clamp(p[:, a:b], bounds_t)
+            s_raw = None if s is None else s[:, a:b]
+            s_ab = None if s is None else _floor(s_raw, sigma_floor)
+            prof = _profiles(plan, p_ab, s_ab)
             scale, sums, denom = _scale(plan, w[a:b], prof)
             if plan.gauss:
-                _gauss_backward(plan, g[a:b], p[:, a:b], s_ab, scale, sums, denom, prof, gw, gp, gs, a, b)
+                chain = None if sigma_floor is None else torch.sign(s_raw) * (s_raw.abs() >= sigma_floor)
+                _gauss_backward(plan, g[a:b], p_ab, s_ab, chain, scale, sums, denom, prof, gw, gp, gs, a, b)
             else:
-                _bilinear_backward(plan, g[a:b], p[:, a:b], scale, prof, gw, gp, a, b)
+                _bilinear_backward(plan, g[a:b], p_ab, scale, prof, gw, gp, a, b)
         gw = gw.view(o, i, k).to(weight.dtype) if gw is not None else None
         gp = gp.view(shape4).to(positions.dtype) if gp is not None else None
-        return gw, gp, (gs.result() if gs is not None else None), None, None
+        return gw, gp, (gs.result() if gs is not None else None), None, None, None, None
+
+
+def _bounds(bounds, like: torch.Tensor):
+    """``(lows, highs)`` of python floats as ``[ndim, 1, 1]`` tensors (or None)."""
+    if bounds is None:
+        return None
+    return tuple(torch.tensor(b, device=like.device, dtype=like.dtype).view(-1, 1, 1) for b in bounds)
+
+
+def _clamp(p: torch.Tensor, bounds: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """Positions clamped into ``bounds`` (value only: the backward passes gradients straight through)."""
+    return p if bounds is None else torch.maximum(torch.minimum(p, bounds[1]), bounds[0])
+
+
+def _floor(s: torch.Tensor, sigma_floor: float | None) -> torch.Tensor:
+    return s if sigma_floor is None else s.abs().clamp_min(sigma_floor)
 
 
 def _profile_into(plan: _Plan, p: torch.Tensor, s: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
@@ -254,7 +276,7 @@ def _tap_grads(plan: _Plan, g: torch.Tensor, prof: list[torch.Tensor], times_pro
     return e_groups
 
 
-def _gauss_backward(plan, g, p, s, scale, sums, denom, prof, gw, gp, gs, a, b):
+def _gauss_backward(plan, g, p, s, chain, scale, sums, denom, prof, gw, gp, gs, a, b):
     ea = _tap_grads(plan, g, prof, times_profile=True)  # E_d * A_d, per group
     gscale = plan.lastsum(ea[0][0])  # dL/dscale [n, K]
     if gw is not None:
@@ -280,7 +302,8 @@ def _gauss_backward(plan, g, p, s, scale, sums, denom, prof, gw, gp, gs, a, b):
     if gp is not None:
         torch.mul(moments[0], inv_s2, out=gp[:, a:b])
     if gs is not None:
-        gs.add(a, b, moments[1].mul_(inv_s2).div_(s))
+        gsig = moments[1].mul_(inv_s2).div_(s)
+        gs.add(a, b, gsig if chain is None else gsig.mul_(chain))
 
 
 def _bilinear_backward(plan, g, p, scale, prof, gw, gp, a, b):
@@ -326,6 +349,9 @@ def dcls_kernel(
     sigma: torch.Tensor | float | None,
     span: Sequence[int],
     interpolation: str = "gauss",
+    *,
+    position_bounds: tuple[Sequence[float], Sequence[float]] | None = None,
+    sigma_floor: float | None = None,
 ) -> torch.Tensor:
     """Build the dense DCLS kernel ``[O, I/g, *span]`` from taps, without a ``prod(span)``-per-tap tensor.
 
@@ -340,12 +366,25 @@ def dcls_kernel(
         sigma: Gaussian standard deviations broadcastable to ``positions``; ``None`` for bilinear.
         span: Dense kernel size per spatial axis.
         interpolation: ``'gauss'`` or ``'bilinear'``.
+        position_bounds: Optional ``(lows, highs)`` per axis: positions are clamped into them in value while
+            their gradient passes straight through (no dead zone at the border). Done chunk by chunk, so it
+            costs no position-sized temporary (unlike clamping before the call).
+        sigma_floor: Optional: use ``max(|sigma|, sigma_floor)`` as the std (gradient of ``abs`` and of the
+            floor applied), again without a sigma-sized temporary.
 
     Returns:
         Dense kernel ``[O, I/g, *span]`` in ``weight``'s dtype.
     """
     span = tuple(int(x) for x in span)
     _check_op_args(weight, positions, sigma, span, interpolation)
+    if position_bounds is not None:
+        if len(position_bounds) != 2 or any(len(b) != len(span) for b in position_bounds):
+            raise ValueError(
+                f"position_bounds={position_bounds!r}: expected (lows, highs), each with {len(span)} floats."
+            )
+        position_bounds = tuple(tuple(float(v) for v in b) for b in position_bounds)
+    if sigma_floor is not None and not (math.isfinite(sigma_floor) and sigma_floor > 0):
+        raise ValueError(f"sigma_floor={sigma_floor!r}: expected a positive finite float or None.")
     if interpolation == "gauss":
         if sigma is None:
             raise ValueError("sigma=None: the 'gauss' interpolation needs a standard deviation.")
@@ -353,7 +392,7 @@ def dcls_kernel(
             sigma = torch.tensor(float(sigma), device=positions.device, dtype=positions.dtype)
     else:
         sigma = positions.new_zeros(())
-    return _DclsKernel.apply(weight, positions, sigma, span, interpolation)
+    return _DclsKernel.apply(weight, positions, sigma, span, interpolation, position_bounds, sigma_floor)
 
 
 def dcls_conv(

@@ -197,6 +197,48 @@ def test_only_some_inputs_require_grad():
     assert w.grad is None and s.grad is None
 
 
+@pytest.mark.parametrize("interpolation", INTERPOLATIONS)
+@pytest.mark.parametrize("span", [(9,), (7, 5), (4, 5, 3)])
+@pytest.mark.parametrize("sigma_shape", ["full", "axis"])
+def test_fused_clamp_and_sigma_floor(span, interpolation, sigma_shape):
+    """``position_bounds`` / ``sigma_floor`` equal a straight-through clamp and ``|sigma|`` floor done outside."""
+    w, p, s = _taps(4, 3, 5, span, seed=11, outside=2.0, sigma_shape=sigma_shape)
+    if interpolation == "bilinear":
+        _avoid_integers(p)
+    with torch.no_grad():  # negative and below-floor sigmas too
+        s.mul_(torch.where(torch.rand(s.shape, generator=torch.Generator().manual_seed(2)) < 0.3, -1.0, 1.0))
+        s.view(-1)[:1] = 0.05
+    lo = [-(x // 2) + 0.5 for x in span]
+    hi = [x - 1 - x // 2 - 0.25 for x in span]
+    floor = 0.3
+    g = torch.randn((4, 3) + span, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+
+    leaves = [t.detach().clone().requires_grad_(True) for t in (w, p, s)]
+    sig = leaves[2] if interpolation == "gauss" else None
+    k = dcls_kernel(leaves[0], leaves[1], sig, span, interpolation, position_bounds=(lo, hi), sigma_floor=floor)
+    k.backward(g)
+
+    ref = [t.detach().clone().requires_grad_(True) for t in (w, p, s)]
+    clamped = torch.stack([ref[1][d].clamp(lo[d], hi[d]) for d in range(len(span))])
+    p_eff = ref[1] + (clamped - ref[1]).detach()
+    s_eff = ref[2].abs().clamp_min(floor) if interpolation == "gauss" else None
+    k_ref = dcls_kernel_reference(ref[0], p_eff, s_eff, span, interpolation)
+    k_ref.backward(g)
+
+    _assert_close(k.detach(), k_ref.detach(), 1e-10, 1e-9, "kernel")
+    n = 3 if interpolation == "gauss" else 2
+    for name, a, b in list(zip(("weight", "positions", "sigma"), leaves, ref))[:n]:
+        _assert_close(a.grad, b.grad, 1e-10, 1e-9, f"grad {name}")
+
+
+def test_bad_fused_arguments():
+    w, p, s = _taps(2, 2, 3, (5, 5), grad=False)
+    with pytest.raises(ValueError, match="position_bounds"):
+        dcls_kernel(w, p, s, (5, 5), position_bounds=([-2.0], [2.0]))
+    with pytest.raises(ValueError, match="sigma_floor"):
+        dcls_kernel(w, p, s, (5, 5), sigma_floor=-1.0)
+
+
 # ------------------------------------------------------------------------------------------------ chunking
 @pytest.mark.parametrize("interpolation", INTERPOLATIONS)
 @pytest.mark.parametrize("span", [(13,), (6, 7), (3, 4, 5)])
