@@ -16,13 +16,14 @@ Failure policy (auto-discovered = loaded because no allow-list excluded it; expl
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import inspect
 import os
 import threading
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import pluggy
 from pluggy import PluginValidationError
@@ -106,6 +107,19 @@ def _reset() -> None:
     """Forget every plugin and setting (for tests)."""
     with _LOCK:
         _STATE.__init__()
+
+
+@contextlib.contextmanager
+def _isolated() -> Iterator[None]:
+    """Run with a fresh plugin state, then put the previous one back (for tests)."""
+    with _LOCK:
+        saved = dict(vars(_STATE))
+        _reset()
+    try:
+        yield
+    finally:
+        with _LOCK:
+            vars(_STATE).update(saved)
 
 
 def _call_own(pm: pluggy.PluginManager, plugin: Any, hook_name: str) -> Any:

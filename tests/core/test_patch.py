@@ -22,9 +22,8 @@ from dclszoo import _plugins
 def no_plugins(monkeypatch):
     """Only the generic fallback: no entry-point plugin is loaded."""
     monkeypatch.setenv(_plugins.ENV_ALLOW, "")
-    _plugins._reset()
-    yield
-    _plugins._reset()
+    with _plugins._isolated():
+        yield
 
 
 class TinyCNN(nn.Module):

@@ -32,9 +32,8 @@ def fresh_manager(monkeypatch):
     """A fresh plugin manager; built-in plugins blocked so these tests do not depend on them."""
     monkeypatch.delenv(_plugins.ENV_ALLOW, raising=False)
     monkeypatch.setenv(_plugins.ENV_BLOCK, BUILTINS)
-    _plugins._reset()
-    yield
-    _plugins._reset()
+    with _plugins._isolated():
+        yield
     for name in list(sys.modules):
         if name.startswith(TEST_MODULES):
             del sys.modules[name]
