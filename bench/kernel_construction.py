@@ -1,8 +1,9 @@
 """DCLS kernel construction alone, forward+backward: time and peak extra memory (CPU, 2 threads).
 
 Run: ``python bench/kernel_construction.py`` (needs ``dcls==0.1.1``; about 3 minutes on 2 cores).
-Compared: ``dclszoo.functional.dcls_kernel`` (the op), ``DclsConvNd.kernel()`` (the op plus the module's
-straight-through position clamp and ``|sigma|`` floor), and ``dcls`` 0.1.1's construction ``layer.DCK(weight,
+Compared: ``dclszoo.functional.dcls_kernel`` (the op, given the module's parameters with the module's
+straight-through position clamp and ``|sigma|`` floor fused in: ``position_bounds``, ``sigma_floor``),
+``DclsConvNd.kernel()`` (the module's own call, whatever it does around the op), and ``dcls`` 0.1.1's construction ``layer.DCK(weight,
 P, SIG)``. The dense conv of the span has nothing to build: its forward+backward time is given as the yardstick.
 
 Protocol: parameter gradients are ``None`` before each call; ``k = build(); k.backward(g)`` with ``g`` allocated
@@ -25,6 +26,7 @@ from _cases import CASES, build, median_times  # noqa: E402
 from _memory import peak_extra_bytes, self_check  # noqa: E402
 
 from dclszoo.functional import dcls_kernel  # noqa: E402
+from dclszoo.modules.dcls_conv import SIGMA_FLOOR  # noqa: E402
 
 
 def _builders(case, dense, ours, theirs):
@@ -39,7 +41,10 @@ def _builders(case, dense, ours, theirs):
 
     def op():
         zero()
-        k = dcls_kernel(ours.weight, ours.positions, ours.sigma, ours.span, "gauss")
+        k = dcls_kernel(
+            ours.weight, ours.positions, ours.sigma, ours.span, "gauss",
+            position_bounds=ours.position_bounds, sigma_floor=SIGMA_FLOOR,
+        )
         k.backward(g)
         return k
 

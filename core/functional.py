@@ -25,9 +25,12 @@ __all__ = ["dcls_kernel", "dcls_kernel_reference", "dcls_conv", "INTERPOLATIONS"
 
 INTERPOLATIONS = ("gauss", "bilinear")
 
-# Temporaries of one chunk are kept under this fraction of the dense kernel (and this many elements at least).
+# Chunking: the temporaries of one chunk may use what is left of a budget of _MEMORY_ENVELOPE dense kernels
+# once the output kernel (forward) and the parameter gradients (backward) are counted, but never less than
+# _CHUNK_FRACTION of the dense kernel nor fewer than _MIN_CHUNK_ELEMENTS elements.
+_MEMORY_ENVELOPE = 1.8
 _CHUNK_FRACTION = 0.05
-_MIN_CHUNK_ELEMENTS = 1 << 16
+_MIN_CHUNK_ELEMENTS = 1 << 14
 _GAUSS_TAIL = {torch.float32: 25.0, torch.float64: 200.0}
 
 
@@ -51,11 +54,17 @@ class _Plan:
         self.tail = _GAUSS_TAIL.get(like.dtype, 25.0)
         self.tail_value = math.exp(-self.tail)
         cube = k * span[1] * span[2] if self.ndim == 3 else 0
-        self.fwd_row = 0 if (self.ndim == 1 and k == 1) else k * sum(span) + cube
-        self.bwd_row = 2 * k * sum(span) + 2 * cube
+        # Elements of temporaries per row: profile-sized tensors plus a few [ndim, n, K] ones.
+        small = k * self.ndim
+        self.fwd_row = 4 * small if (self.ndim == 1 and k == 1) else k * sum(span) + 4 * small + cube
+        self.bwd_row = 2 * k * sum(span) + 10 * small + 2 * cube
+        self.profile_in_output = self.ndim == 1 and k == 1
 
-    def chunks(self, per_row: int):
-        budget = max(_MIN_CHUNK_ELEMENTS, int(_CHUNK_FRACTION * self.rows * math.prod(self.span)))
+    def chunks(self, per_row: int, reserved: int = 0):
+        """Row ranges whose temporaries (``per_row`` elements a row) fit the budget left after ``reserved``."""
+        dense = self.rows * math.prod(self.span)
+        fraction = max(_CHUNK_FRACTION, _MEMORY_ENVELOPE - 1.0 - reserved / dense)
+        budget = max(_MIN_CHUNK_ELEMENTS, int(fraction * dense))
         step = max(1, min(self.rows, budget // max(1, per_row)))
         for a in range(0, self.rows, step):
             yield a, min(self.rows, a + step)
@@ -73,7 +82,7 @@ class _Plan:
 def _gauss(plan: _Plan, p: torch.Tensor, s: torch.Tensor, size: int, out: torch.Tensor | None = None):
     """Gaussian profiles ``A [g, n, K, S]`` of positions ``p [g, n, K]`` with std ``s`` (into ``out``)."""
     a = torch.sub(plan.grids[size], p.unsqueeze(-1), out=out)
-    a.square_().mul_((-0.5 / (s * s)).unsqueeze(-1)).clamp_(min=-plan.tail).exp_()
+    a.square_().mul_(torch.square(s).reciprocal_().mul_(-0.5).unsqueeze(-1)).clamp_(min=-plan.tail).exp_()
     return F.threshold(a, plan.tail_value, 0.0, inplace=True)
 
 
@@ -193,7 +202,7 @@ class _DclsKernel(torch.autograd.Function):
         for a, b in plan.chunks(plan.fwd_row):
             p_ab = _clamp(p[:, a:b], bounds_t)
             s_ab = None if s is None else _floor(s[:, a:b], sigma_floor)
-            if plan.fwd_row == 0:  # 1-D, one tap: the profile is built in the output itself
+            if plan.profile_in_output:  # 1-D, one tap: the profile is built in the output itself
                 prof = [_profile_into(plan, p_ab, s_ab, out[a:b].unsqueeze(0).unsqueeze(2))]
                 scale, _, _ = _scale(plan, w[a:b], prof)
                 out[a:b].mul_(scale)
@@ -201,6 +210,7 @@ class _DclsKernel(torch.autograd.Function):
             prof = _profiles(plan, p_ab, s_ab)
             scale, _, _ = _scale(plan, w[a:b], prof)
             _contract_forward(scale, _axes(prof), out[a:b])
+            del prof  # or it would still be alive while the next chunk's profiles are built
         ctx.save_for_backward(weight, positions, sigma)
         ctx.span, ctx.interpolation, ctx.bounds, ctx.sigma_floor = span, interpolation, bounds, sigma_floor
         return out.view((o, i) + span).to(weight.dtype)
@@ -224,7 +234,8 @@ class _DclsKernel(torch.autograd.Function):
         gp = torch.empty((ndim, rows, k), device=w.device, dtype=cdt) if need_p else None
         gs = _SigmaGrad(sigma, shape4, rows, cdt) if need_s and plan.gauss else None
         bounds_t = _bounds(bounds, p)
-        for a, b in plan.chunks(plan.bwd_row):
+        reserved = sum(t.numel() for t in (gw, gp) if t is not None) + (gs.buf.numel() if gs is not None else 0)
+        for a, b in plan.chunks(plan.bwd_row, reserved):
             p_ab = _clamp(p[:, a:b], bounds_t)
             s_raw = None if s is None else s[:, a:b]
             s_ab = None if s is None else _floor(s_raw, sigma_floor)
@@ -235,6 +246,7 @@ class _DclsKernel(torch.autograd.Function):
                 _gauss_backward(plan, g[a:b], p_ab, s_ab, chain, scale, sums, denom, prof, gw, gp, gs, a, b)
             else:
                 _bilinear_backward(plan, g[a:b], p_ab, scale, prof, gw, gp, a, b)
+            del prof
         gw = gw.view(o, i, k).to(weight.dtype) if gw is not None else None
         gp = gp.view(shape4).to(positions.dtype) if gp is not None else None
         return gw, gp, (gs.result() if gs is not None else None), None, None, None, None
