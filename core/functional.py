@@ -241,11 +241,12 @@ class _DclsKernel(torch.autograd.Function):
             s_ab = None if s is None else _floor(s_raw, sigma_floor)
             prof = _profiles(plan, p_ab, s_ab)
             scale, sums, denom = _scale(plan, w[a:b], prof)
+            g_ab = g[a:b].contiguous()  # e.g. the expanded gradient of kernel.sum(): copy one chunk at a time
             if plan.gauss:
                 chain = None if sigma_floor is None else torch.sign(s_raw) * (s_raw.abs() >= sigma_floor)
-                _gauss_backward(plan, g[a:b], p_ab, s_ab, chain, scale, sums, denom, prof, gw, gp, gs, a, b)
+                _gauss_backward(plan, g_ab, p_ab, s_ab, chain, scale, sums, denom, prof, gw, gp, gs, a, b)
             else:
-                _bilinear_backward(plan, g[a:b], p_ab, scale, prof, gw, gp, a, b)
+                _bilinear_backward(plan, g_ab, p_ab, scale, prof, gw, gp, a, b)
             del prof
         gw = gw.view(o, i, k).to(weight.dtype) if gw is not None else None
         gp = gp.view(shape4).to(positions.dtype) if gp is not None else None
