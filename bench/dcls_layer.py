@@ -30,11 +30,15 @@ def _fwd_bwd(module: torch.nn.Module, x: torch.Tensor, gy: torch.Tensor):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: process CPU time")
     parser.add_argument("--rows", type=str, default="", help="comma-separated row indices (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = [CASES[int(i)] for i in args.rows.split(",")] if args.rows else CASES
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, forward+backward, median seconds")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, forward+backward, median seconds "
+        f"({args.clock} clock), load average before: {os.getloadavg()[0]:.1f}"
+    )
     print()
     print("| case | dense conv of span | dclszoo | dcls 0.1.1 | dclszoo / dense | dcls / dense | dcls / dclszoo |")
     print("|---|---|---|---|---|---|---|")
@@ -43,7 +47,7 @@ def main() -> None:
         x = torch.randn(case.input_shape, requires_grad=True)
         gy = torch.randn_like(dense(x).detach())
         fns = {name: _fwd_bwd(m, x, gy) for name, m in (("dense", dense), ("ours", ours), ("dcls", theirs))}
-        t = median_times(fns, {"dense": case.repeats, "ours": case.repeats, "dcls": case.repeats})
+        t = median_times(fns, {"dense": case.repeats, "ours": case.repeats, "dcls": case.repeats}, args.clock)
         print(
             f"| {case.name} | {t['dense']:.4f} | {t['ours']:.4f} | {t['dcls']:.4f} | "
             f"{t['ours'] / t['dense']:.3f}x | {t['dcls'] / t['dense']:.2f}x | {t['dcls'] / t['ours']:.2f}x |",

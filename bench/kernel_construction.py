@@ -70,12 +70,16 @@ def _builders(case, dense, ours, theirs):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: process CPU time")
     parser.add_argument("--rows", type=str, default="", help="comma-separated row indices (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     self_check()
     rows = [CASES[int(i)] for i in args.rows.split(",")] if args.rows else CASES
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, forward+backward, median seconds")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, forward+backward, median seconds "
+        f"({args.clock} clock), load average before: {os.getloadavg()[0]:.1f}"
+    )
     print()
     print(
         "| case | dense kernel | dclszoo op | module.kernel() | dcls 0.1.1 | dcls / op | op / dense conv | "
@@ -87,7 +91,7 @@ def main() -> None:
         dense, ours, theirs = build(case)
         fns = _builders(case, dense, ours, theirs)
         slow = case.repeats
-        t = median_times(fns, {"op": 3 * slow, "module": 3 * slow, "dcls": slow, "dense": slow})
+        t = median_times(fns, {"op": 2 * slow, "module": 2 * slow, "dcls": slow, "dense": slow}, args.clock)
         kernel_bytes = 4 * case.kernel_numel
         mem = {name: peak_extra_bytes(fns[name]) / kernel_bytes for name in ("op", "module", "dcls")}
         grads = sum(p.numel() for p in (ours.weight, ours.positions, ours.sigma)) * 4 / kernel_bytes
