@@ -17,6 +17,7 @@ def gauss_profiles(plan, p: torch.Tensor, s: torch.Tensor, size: int, out: torch
     """Gaussian profiles ``A [g, n, K, S]`` of positions ``p [g, n, K]`` with std ``s`` (into ``out``)."""
     a = torch.sub(plan.grids[size], p.unsqueeze(-1), out=out)
     a.square_().mul_(torch.square(s).reciprocal_().mul_(-0.5).unsqueeze(-1)).clamp_(min=-plan.tail).exp_()
+    # exp of very negative numbers (underflow, denormals, -inf) is several times slower than of -tail
     return F.threshold(a, plan.tail_value, 0.0, inplace=True)
 
 

@@ -57,8 +57,8 @@ class _Plan:
         cube = k * span[1] * span[2] if self.ndim == 3 else 0
         # Elements of temporaries per row: profile-sized tensors plus a few [ndim, n, K] ones.
         small = k * self.ndim
-        self.fwd_row = 4 * small if (self.ndim == 1 and k == 1) else k * sum(span) + 4 * small + cube
-        self.bwd_row = 2 * k * sum(span) + 10 * small + 2 * cube
+        self.fwd_row = 6 * small if (self.ndim == 1 and k == 1) else k * sum(span) + 6 * small + cube
+        self.bwd_row = 2 * k * sum(span) + 16 * small + 2 * cube
         self.profile_in_output = self.ndim == 1 and k == 1
 
     def chunks(self, per_row: int, reserved: int = 0):
