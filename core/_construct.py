@@ -188,6 +188,9 @@ def gauss_backward(plan, g, p, s, chain, scale, sums, denom, prof, gw, gp, gs, a
 def bilinear_backward(plan, g, p, scale, prof, gw, gp, a, b):
     e = axes(tap_grads(plan, g, prof, times_profile=False))  # E_d per axis
     fl = torch.floor(p)
+    for d, size in enumerate(plan.span):  # at the upper border p == hi use the cell [hi - 1, hi] (inward slope)
+        if size >= 2:
+            fl[d] -= (p[d] == size - 1 - size // 2).to(fl.dtype)
     r = p - fl
     vals = []  # per axis: E_d at floor(p) and floor(p) + 1 (zero where outside the span)
     for d, size in enumerate(plan.span):

@@ -32,7 +32,7 @@ INTERPOLATIONS = ("gauss", "bilinear")
 _MEMORY_ENVELOPE = 1.8
 _CHUNK_FRACTION = 0.05
 _MIN_CHUNK_ELEMENTS = 1 << 14
-_GAUSS_TAIL = {torch.float32: 25.0, torch.float64: 200.0}
+_GAUSS_TAIL = {torch.float32: 40.0, torch.float64: 200.0}
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:

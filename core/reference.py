@@ -62,6 +62,8 @@ def dcls_kernel_reference(
         for d in range(ndim):
             x = _axis_coords(span, ndim, d, positions.device, positions.dtype)
             fl = torch.floor(p[d]).detach()
+            # At the upper border p == hi, use the cell [hi - 1, hi] (r = 1): same value, inward derivative.
+            fl = fl - ((p[d] == span[d] - 1 - span[d] // 2) & (span[d] >= 2)).to(fl.dtype).detach()
             r = p[d] - fl
             phi = phi * ((1 - r) * (x == fl) + r * (x == fl + 1))
     else:

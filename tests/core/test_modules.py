@@ -182,16 +182,9 @@ def test_positions_stay_inside_after_huge_steps(opt_cls, lr, span):
     assert torch.isfinite(m(x)).all()
 
 
-_UPPER_BORDER_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="op bug reported to H2: the floor-form derivative at the upper border only looks outward "
-    "(fix: floor = hi - 1 when p == hi), so a bilinear tap clamped at the upper border cannot come back",
-)
-
-
 @pytest.mark.parametrize(
     "interpolation,border",
-    [("gauss", "lo"), ("gauss", "hi"), ("bilinear", "lo"), pytest.param("bilinear", "hi", marks=_UPPER_BORDER_BUG)],
+    [("gauss", "lo"), ("gauss", "hi"), ("bilinear", "lo"), ("bilinear", "hi")],
 )
 def test_position_at_border_moves_back_inward(interpolation, border):
     m = DclsConv1d(1, 1, 1, 7, padding=3, bias=False, interpolation=interpolation)
