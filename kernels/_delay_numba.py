@@ -1,10 +1,15 @@
 """Numba CPU kernels of the sparse delay op (private; imported lazily by :mod:`dclszoo.kernels.delay`).
 
-Layout: every input channel is one contiguous row of ``T * B`` float32 values (time-major, so a delay of
-``d`` steps is a shift of ``d * B`` elements along the row). A synapse ``(o, i, j)`` is then an AXPY
-``y[o, s:] += c * x[i, :n - s]`` (``s = d * B``), its coefficient gradient a dot product of the same two rows
-and its input gradient the transposed AXPY. The loops are tiled over a block of rows and a chunk of time so
-that the block being written stays in cache while each row it reads is streamed once per block.
+Layout: every channel is one contiguous row of ``T * B`` float32 values (time-major, so a delay of ``d``
+steps is a shift of ``s = d * B`` elements along the row). A synapse tap ``(o, i, j)`` is then an AXPY
+``y[o, s:] += c * x[i, :W - s]``, its coefficient gradient the dot product of ``gy[o, s:]`` and
+``x[i, :W - s]``, and its input gradient the transposed AXPY ``gx[i, :W - s] += c * gy[o, s:]``.
+
+Tiling: the work is split into (output block) x (input block) tiles so that both blocks of rows stay in the
+per-core L2 cache while every synapse of the tile is applied; the outer block (output rows for the forward,
+input rows for the backward) is the parallel one, so no two threads ever write the same row. Each row is thus
+fetched from memory once per tile whatever the offsets are: time does not depend on the delay range. Inner
+loops run over 1-D slices starting at 0, the form LLVM vectorises (an offset index into a 2-D array is not).
 """
 
 from __future__ import annotations
@@ -16,58 +21,54 @@ _OPTS = dict(parallel=True, fastmath=True, cache=False, nogil=True)
 
 
 @njit(**_OPTS)
-def delay_forward(xt, coeff, offsets, steps, batch, block, chunk, yt):  # pragma: no cover - jitted
-    """``yt [O, T*B] += sum_{i,j} coeff[o,i,j] * shift(xt[i], offsets[o,i,j] * batch)`` (yt zeroed by caller)."""
+def delay_forward(xt, coeff, offsets, batch, out_block, in_block, yt):  # pragma: no cover - jitted
+    """``yt[o, s:] += coeff[o,i,j] * xt[i, :W-s]`` with ``s = offsets[o,i,j] * batch`` (yt zeroed by caller)."""
     n_out, n_in, n_taps = coeff.shape
-    width = steps * batch
-    n_blocks = (n_out + block - 1) // block
-    for ob in prange(n_blocks):
-        o0 = ob * block
-        o1 = min(n_out, o0 + block)
-        for t0 in range(0, width, chunk):
-            t1 = min(width, t0 + chunk)
-            for i in range(n_in):
-                for o in range(o0, o1):
+    width = xt.shape[1]
+    for ob in prange((n_out + out_block - 1) // out_block):
+        o0 = ob * out_block
+        o1 = min(n_out, o0 + out_block)
+        for i0 in range(0, n_in, in_block):
+            for o in range(o0, o1):
+                yr = yt[o]
+                for i in range(i0, min(n_in, i0 + in_block)):
+                    xr = xt[i]
                     for j in range(n_taps):
                         c = coeff[o, i, j]
-                        d = offsets[o, i, j]
-                        if c == 0.0 or d >= steps:
+                        s = offsets[o, i, j] * batch
+                        if c == 0.0 or s >= width:
                             continue
-                        s = d * batch
-                        lo = max(t0, s)
-                        for k in range(lo, t1):
-                            yt[o, k] += c * xt[i, k - s]
+                        ys = yr[s:]
+                        for k in range(width - s):
+                            ys[k] += c * xr[k]
 
 
 @njit(**_OPTS)
-def delay_backward(xt, coeff, offsets, gyt, steps, batch, block, chunk, need_x, need_c, gxt, gc):  # pragma: no cover
-    """Input and coefficient gradients, tiled over blocks of input rows (gxt, gc zeroed by caller)."""
+def delay_backward(xt, coeff, offsets, gyt, batch, in_block, out_block, need_x, need_c, gxt, gc):  # pragma: no cover
+    """Input and coefficient gradients (gxt, gc zeroed by caller); each input block owns its rows of ``gxt``
+    and its entries ``gc[:, i, :]``."""
     n_out, n_in, n_taps = coeff.shape
-    width = steps * batch
-    n_blocks = (n_in + block - 1) // block
-    for ib in prange(n_blocks):
-        i0 = ib * block
-        i1 = min(n_in, i0 + block)
-        for t0 in range(0, width, chunk):
-            t1 = min(width, t0 + chunk)
-            for o in range(n_out):
-                for i in range(i0, i1):
+    width = xt.shape[1]
+    for ib in prange((n_in + in_block - 1) // in_block):
+        i0 = ib * in_block
+        i1 = min(n_in, i0 + in_block)
+        for o0 in range(0, n_out, out_block):
+            for i in range(i0, i1):
+                gxr = gxt[i]
+                xr = xt[i]
+                for o in range(o0, min(n_out, o0 + out_block)):
                     for j in range(n_taps):
-                        d = offsets[o, i, j]
-                        if d >= steps:
+                        s = offsets[o, i, j] * batch
+                        if s >= width:
                             continue
-                        s = d * batch
-                        # output positions k in [lo, t1) read input k - s; the chunk is over the input index
-                        lo = t0
-                        hi = min(t1, width - s)
-                        if hi <= lo:
-                            continue
+                        gs = gyt[o, s:]
+                        n = width - s
                         if need_x:
                             c = coeff[o, i, j]
-                            for k in range(lo, hi):
-                                gxt[i, k] += c * gyt[o, k + s]
+                            for k in range(n):
+                                gxr[k] += c * gs[k]
                         if need_c:
                             acc = numba.float32(0.0)
-                            for k in range(lo, hi):
-                                acc += gyt[o, k + s] * xt[i, k]
-                            gc[o, i, j] += acc
+                            for k in range(n):
+                                acc += gs[k] * xr[k]
+                            gc[o, i, j] = acc

@@ -29,8 +29,8 @@ ENV_BACKEND = "DCLSZOO_DELAY_BACKEND"
 
 # Tile sizes of the numba kernels (rows per block, elements of the T*B row per chunk), picked by measurement
 # on a 2-core AMD EPYC (32 KiB L1d, 1 MiB L2 per core) with bench/delays.py.
-_FWD_BLOCK, _FWD_CHUNK = 8, 4096
-_BWD_BLOCK, _BWD_CHUNK = 8, 4096
+_FWD_BLOCKS = (8, 8)  # (output rows, input rows) per tile
+_BWD_BLOCKS = (8, 8)  # (input rows, output rows) per tile
 
 
 @functools.lru_cache(maxsize=1)
@@ -98,7 +98,7 @@ class _SparseDelayNumba(torch.autograd.Function):
         off = offsets.to(torch.int64).contiguous()
         yt = torch.zeros(n_out, steps * batch, dtype=torch.float32)
         if steps * batch and c.numel():
-            kern.delay_forward(xt.numpy(), c.numpy(), off.numpy(), steps, batch, _FWD_BLOCK, _FWD_CHUNK, yt.numpy())
+            kern.delay_forward(xt.numpy(), c.numpy(), off.numpy(), batch, *_FWD_BLOCKS, yt.numpy())
         ctx.save_for_backward(xt, c, off)
         ctx.shape = (steps, batch)
         return yt.view(n_out, steps, batch).permute(1, 2, 0).contiguous()
@@ -118,7 +118,7 @@ class _SparseDelayNumba(torch.autograd.Function):
         gc = torch.zeros_like(c)
         if steps * batch and c.numel():
             kern.delay_backward(
-                xt.numpy(), c.numpy(), off.numpy(), gyt.numpy(), steps, batch, _BWD_BLOCK, _BWD_CHUNK,
+                xt.numpy(), c.numpy(), off.numpy(), gyt.numpy(), batch, *_BWD_BLOCKS,
                 need_x, need_c, gxt.numpy(), gc.numpy(),
             )
         grad_x = gxt.view(-1, steps, batch).permute(1, 2, 0).contiguous() if need_x else None
