@@ -129,13 +129,17 @@ def resolve_span(kernel_size: tuple[int, ...], span: int | tuple[int, ...] | Non
     return out
 
 
-def conv_to_dcls(conv: nn.Module, config: DclsConfig, fqn: str = "") -> DclsConvNd:
-    """Function-preserving ``DclsConvNd.from_dense(conv, ...)`` with the settings of ``config``.
+def conv_to_dcls(conv: nn.Module, config: DclsConfig, fqn: str = "", cls: type | None = None) -> DclsConvNd:
+    """Function-preserving ``cls.from_dense(conv, ...)`` with the settings of ``config``.
+
+    Args:
+        cls: The ``DclsConvNd`` subclass to build; None = ``DclsConv1d/2d/3d`` by ``conv``'s class.
 
     Raises:
         ValueError: the conversion is impossible (span, kernel_count); the message names ``fqn``.
     """
-    cls = _DCLS[_DENSE.index(next(c for c in _DENSE if isinstance(conv, c)))]
+    if cls is None:
+        cls = _DCLS[_DENSE.index(next(c for c in _DENSE if isinstance(conv, c)))]
     span = resolve_span(conv.kernel_size, config.span, fqn)
     try:
         return cls.from_dense(conv, kernel_count=config.kernel_count, span=span, interpolation=config.interpolation,

@@ -242,6 +242,11 @@ class DclsConvNd(nn.Module):
             dilation=self.dilation, groups=self.groups, bias=self.bias is not None,
             padding_mode=self.padding_mode, device=self.weight.device, dtype=self.weight.dtype,
         )
+        return self._fill_dense(dense)
+
+    @torch.no_grad()
+    def _fill_dense(self, dense: nn.Module) -> nn.Module:
+        """Copy this module's dense kernel and bias into ``dense`` (a convolution of kernel size ``span``)."""
         dense.weight.copy_(self.kernel())
         if self.bias is not None:
             dense.bias.copy_(self.bias)

@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from dclszoo.config import DclsConfig
 from dclszoo.modules import DclsConv1d, DclsConv2d, DclsConv3d, DclsConvNd
-from dclszoo.patching import is_target_conv, replace_modules, resolve_span
+from dclszoo.patching import conv_to_dcls, is_target_conv, replace_modules
 from dclszoo.report import PatchReport
 
 from .same_conv import DclsConv2dSame
@@ -60,12 +60,7 @@ def convert_conv(conv: nn.Module, config: DclsConfig, fqn: str = "") -> DclsConv
     cls = conv_kind(conv)
     if cls is None:
         raise TypeError(f"{fqn or 'conv'}: {type(conv).__name__} is not a convolution the timm plugin converts.")
-    span = resolve_span(conv.kernel_size, config.span, fqn)
-    try:
-        return cls.from_dense(conv, kernel_count=config.kernel_count, span=span, interpolation=config.interpolation,
-                              sigma=config.sigma, learn_sigma=config.learn_sigma)
-    except (ValueError, TypeError) as exc:
-        raise type(exc)(f"{fqn or 'conv'}: {exc}") from exc
+    return conv_to_dcls(conv, config, fqn, cls=cls)
 
 
 def _check_not_in_reparam_block(model: nn.Module, fqn: str) -> None:

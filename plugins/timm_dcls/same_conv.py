@@ -59,10 +59,7 @@ class DclsConv2dSame(DclsConv2d):
             self.in_channels, self.out_channels, self.span, stride=self.stride, dilation=self.dilation,
             groups=self.groups, bias=self.bias is not None, device=self.weight.device, dtype=self.weight.dtype,
         )
-        dense.weight.copy_(self.kernel())
-        if self.bias is not None:
-            dense.bias.copy_(self.bias)
-        return dense
+        return self._fill_dense(dense)
 
     @classmethod
     def from_dense(
