@@ -7,6 +7,7 @@ Paper: Hassani, Pellegrini, Masquelier, "Dilated convolution with learnable spac
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Sequence
 
 import torch
@@ -232,6 +233,16 @@ class DclsConvNd(nn.Module):
                     f"{type(self).__name__}.{name} has {bad} non-finite value(s) of {t.numel()}; "
                     f"lower the learning rate of {name!r} or reload a finite checkpoint."
                 )
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        """Saving (``state_dict``, hence ``torch.save`` / safetensors / Hub pushes) warns about non-finite values:
+        a diverged checkpoint may be worth keeping for debugging, but never silently."""
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        try:
+            self.validate()
+        except ValueError as exc:
+            where = repr(prefix.rstrip(".")) if prefix else "the module"
+            warnings.warn(f"saving {where}: {exc}", RuntimeWarning, stacklevel=3)
 
     @torch.no_grad()
     def to_dense(self) -> nn.Module:

@@ -369,6 +369,18 @@ def test_non_finite_parameters_reported(name, value):
         m.validate()
     with pytest.raises(ValueError, match=name):
         m.to_dense()
+    with pytest.warns(RuntimeWarning, match=f"saving the module: .*{name} has 1 non-finite"):
+        m.state_dict()
+    with pytest.warns(RuntimeWarning, match=f"saving '0': .*{name} has 1 non-finite"):
+        torch.nn.Sequential(m).state_dict()  # nested: the key prefix names the module
+
+
+def test_finite_parameters_save_without_warning():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make(2, "gauss").state_dict()
 
 
 def test_import_is_light():
