@@ -7,6 +7,9 @@ products and has a hand-written backward that recomputes the profiles, so neithe
 done in chunks of (out, in) rows whose temporaries stay a small fraction of the dense kernel's own size, with
 in-place arithmetic so that each chunk holds at most two profile-sized tensors (:mod:`dclszoo._construct`).
 
+On CPU, float32 1-D and 2-D constructions run in fused numba kernels instead (:mod:`dclszoo.kernels.construct`,
+``DCLSZOO_CONSTRUCT_BACKEND=numba|torch|auto``); the torch code below is their twin and the fallback.
+
 Gaussian profile values below ``exp(-25)`` (float32; ``exp(-200)`` in float64) of the peak are set to zero: far
 below the float precision of the result, and it keeps denormal numbers (very slow on CPUs) out of the products.
 """
@@ -18,6 +21,8 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from dclszoo.kernels import construct as _fused
 
 from . import _construct as C
 from .reference import dcls_kernel_reference
@@ -85,6 +90,12 @@ class _DclsKernel(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weight, positions, sigma, span, interpolation, bounds, sigma_floor):
+        ctx.save_for_backward(weight, positions, sigma)
+        ctx.span, ctx.interpolation, ctx.bounds, ctx.sigma_floor = span, interpolation, bounds, sigma_floor
+        ctx.backend = _fused.select_backend(weight, positions, sigma if interpolation == "gauss" else None, span)
+        if ctx.backend == "numba":  # fused CPU kernels (dclszoo.kernels.construct)
+            s = sigma if interpolation == "gauss" else None
+            return _fused.construct_forward(weight, positions, s, span, interpolation, bounds, sigma_floor)
         ndim = positions.shape[0]
         o, i, k = weight.shape
         shape4 = (ndim, o, i, k)
@@ -107,8 +118,6 @@ class _DclsKernel(torch.autograd.Function):
             scale, _, _ = C.scale_and_sums(plan, w[a:b], prof)
             C.contract_forward(scale, C.axes(prof), out[a:b])
             del prof  # or it would still be alive while the next chunk's profiles are built
-        ctx.save_for_backward(weight, positions, sigma)
-        ctx.span, ctx.interpolation, ctx.bounds, ctx.sigma_floor = span, interpolation, bounds, sigma_floor
         return out.view((o, i) + span).to(weight.dtype)
 
     @staticmethod
@@ -116,6 +125,12 @@ class _DclsKernel(torch.autograd.Function):
     def backward(ctx, grad):
         weight, positions, sigma = ctx.saved_tensors
         span, interpolation, bounds, sigma_floor = ctx.span, ctx.interpolation, ctx.bounds, ctx.sigma_floor
+        if ctx.backend == "numba":
+            s = sigma if interpolation == "gauss" else None
+            grads = _fused.construct_backward(
+                grad, weight, positions, s, span, interpolation, bounds, sigma_floor, ctx.needs_input_grad[:3]
+            )
+            return grads + (None, None, None, None)
         ndim = positions.shape[0]
         o, i, k = weight.shape
         shape4, rows = (ndim, o, i, k), o * i

@@ -1,0 +1,252 @@
+"""Fused CPU kernels of the DCLS kernel construction (forward and backward of ``dclszoo.functional.dcls_kernel``).
+
+``K[o, i, x] = sum_k w[o,i,k] * prod_d phi_d(x_d - c_d - p[d,o,i,k]) / Z[o,i,k]``, for 1-D and 2-D spans,
+Gaussian and bilinear interpolation, with the op's fused straight-through position clamp and ``|sigma|`` floor.
+Each block of 16 (out, in) rows is built entirely in small per-thread arrays
+(:mod:`dclszoo.kernels._construct_numba`): the only memory used beyond the inputs is the output kernel in the
+forward and the parameter gradients in the backward.
+
+Backends of the construction:
+
+- ``"numba"``: these kernels; 1-D/2-D spans, float32 CPU tensors; chosen automatically when numba is
+  installed (``pip install dclszoo[snn]`` or ``numba``).
+- ``"torch"``: the chunked separable implementation in :mod:`dclszoo.functional` (any device, dtype and
+  dimension: the GPU path, the fallback and the twin).
+
+The environment variable ``DCLSZOO_CONSTRUCT_BACKEND=numba|torch|auto`` forces one; explicitly requesting
+``numba`` where it cannot run raises instead of falling back.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import numpy as np
+import torch
+
+__all__ = [
+    "BACKENDS", "ENV_BACKEND", "numba_available", "select_backend", "construct_forward", "construct_backward",
+]
+
+BACKENDS = ("numba", "torch")
+ENV_BACKEND = "DCLSZOO_CONSTRUCT_BACKEND"
+_GAUSS_TAIL = 40.0  # float32: profile values below exp(-40) of the peak are zero (as in the torch path)
+_CHUNKS_PER_THREAD = 4
+
+
+@functools.lru_cache(maxsize=1)
+def _kernels():
+    """Import (and thereby define) the numba kernels; None when numba is not installed."""
+    try:
+        from . import _construct_numba
+    except ImportError:
+        return None
+    return _construct_numba
+
+
+_NUMBA_INSTALLED = importlib.util.find_spec("numba") is not None  # found without importing it
+
+
+def numba_available() -> bool:
+    """Whether the numba backend can be used (numba installed; it is imported at the first kernel call)."""
+    return _NUMBA_INSTALLED
+
+
+def _numba_fits(weight, positions, sigma, span) -> str | None:
+    """Why the numba kernels cannot build this kernel (None if they can)."""
+    if len(span) > 2:
+        return f"span={tuple(span)} has {len(span)} axes (the numba kernels do 1-D and 2-D)"
+    for name, t in (("weight", weight), ("positions", positions), ("sigma", sigma)):
+        if t is None:
+            continue
+        if t.device.type != "cpu" or t.dtype != torch.float32:
+            return f"{name} is {t.dtype} on {t.device} (the numba kernels need float32 CPU tensors)"
+    return None
+
+
+def select_backend(weight, positions, sigma, span, backend: str | None = None) -> str:
+    """The construction backend for these tensors: ``backend`` or ``$DCLSZOO_CONSTRUCT_BACKEND`` or automatic.
+
+    Raises:
+        ValueError: If the requested backend is unknown, or ``numba`` was requested for tensors it cannot take.
+        ImportError: If ``numba`` was requested and numba is not installed.
+    """
+    requested = backend if backend is not None else os.environ.get(ENV_BACKEND, "").strip().lower() or None
+    if requested is None or requested == "auto":
+        return "numba" if _numba_fits(weight, positions, sigma, span) is None and numba_available() else "torch"
+    if requested not in BACKENDS:
+        raise ValueError(
+            f"construction backend={requested!r} (argument or ${ENV_BACKEND}) is not one of {BACKENDS} or 'auto'."
+        )
+    if requested == "numba":
+        if not numba_available():
+            raise ImportError(
+                "the 'numba' construction backend was requested but numba is not installed; "
+                f"pip install 'dclszoo[snn]' (or numba), or set {ENV_BACKEND}=torch."
+            )
+        why = _numba_fits(weight, positions, sigma, span)
+        if why is not None:
+            raise ValueError(f"the 'numba' construction backend cannot run: {why}; set {ENV_BACKEND}=torch or auto.")
+    return requested
+
+
+def _threads() -> int:
+    """Follow torch's thread count (``torch.set_num_threads``) within numba's pool size; return it."""
+    import numba
+
+    want = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() != want:
+        numba.set_num_threads(want)
+    return want
+
+
+def _rows(t: torch.Tensor, full: tuple[int, ...], rows: tuple[int, ...]) -> np.ndarray:
+    """``t`` broadcast to ``full`` with the (out, in) axes merged into rows, as a numpy view (a copy only when
+    the strides cannot be merged, e.g. a sigma shared over input channels but not output channels)."""
+    t = t.detach().expand(full)
+    try:
+        return t.view(rows).numpy()
+    except RuntimeError:
+        return t.reshape(rows).numpy()
+
+
+class _Args:
+    """numpy views of the inputs and the scalar settings shared by forward and backward."""
+
+    def __init__(self, weight, positions, sigma, span, interpolation, bounds, sigma_floor):
+        self.ndim, (o, i, k) = len(span), weight.shape
+        self.shape4, self.rows, self.k = (self.ndim, o, i, k), o * i, k
+        self.s0, self.s1 = span[0], (span[1] if self.ndim == 2 else 1)
+        self.gauss = interpolation == "gauss"
+        self.w = _rows(weight, (o, i, k), (self.rows, k))
+        self.p = _rows(positions, self.shape4, (self.ndim, self.rows, k))
+        # sigma broadcast with zero strides (no copy where strides allow); positions stand in for bilinear
+        self.s = _rows(sigma, self.shape4, (self.ndim, self.rows, k)) if self.gauss else self.p
+        lo, hi = bounds if bounds is not None else ((0.0,) * self.ndim, (0.0,) * self.ndim)
+        self.lo, self.hi = np.asarray(lo, dtype=np.float32), np.asarray(hi, dtype=np.float32)
+        self.bounded = bounds is not None
+        self.floor = np.float32(sigma_floor if sigma_floor is not None else 0.0)
+        self.tail = np.float32(_GAUSS_TAIL)
+        blocks = -(-self.rows // _kernels().LANES)
+        self.chunks = max(1, min(blocks, _CHUNKS_PER_THREAD * _threads()))
+
+    def common(self):
+        return (self.ndim, self.gauss, self.lo, self.hi, self.bounded, self.floor, self.tail, self.chunks)
+
+
+def _bounds_list(bounds) -> list[float] | None:
+    return None if bounds is None else [float(v) for b in bounds for v in b]
+
+
+def _bounds_pair(flat: list[float] | None, ndim: int):
+    return None if flat is None else (tuple(flat[:ndim]), tuple(flat[ndim:]))
+
+
+# The numba calls are wrapped as custom ops so that torch.compile treats them as opaque (it cannot trace numba).
+@torch.library.custom_op("dclszoo::construct_forward_numba", mutates_args=())
+def _forward_op(
+    weight: torch.Tensor, positions: torch.Tensor, sigma: torch.Tensor | None, span: list[int], gauss: bool,
+    bounds: list[float] | None, sigma_floor: float | None,
+) -> torch.Tensor:
+    span = tuple(span)
+    a = _Args(weight, positions, sigma, span, "gauss" if gauss else "bilinear", _bounds_pair(bounds, len(span)),
+              sigma_floor)
+    out = torch.empty((a.rows, a.s0, a.s1), dtype=torch.float32)
+    if a.rows and a.k:
+        _kernels().construct_forward(a.w, a.p, a.s, *a.common(), a.s0, a.s1, out.numpy().reshape(-1))
+    else:
+        out.zero_()
+    return out.view(tuple(weight.shape[:2]) + span)
+
+
+@_forward_op.register_fake
+def _forward_fake(weight, positions, sigma, span, gauss, bounds, sigma_floor):
+    return weight.new_empty(tuple(weight.shape[:2]) + tuple(span), dtype=torch.float32)
+
+
+@torch.library.custom_op("dclszoo::construct_backward_numba", mutates_args=())
+def _backward_op(
+    grad: torch.Tensor, weight: torch.Tensor, positions: torch.Tensor, sigma: torch.Tensor | None, span: list[int],
+    gauss: bool, bounds: list[float] | None, sigma_floor: float | None, need_w: bool, need_p: bool, need_s: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    span = tuple(span)
+    a = _Args(weight, positions, sigma, span, "gauss" if gauss else "bilinear", _bounds_pair(bounds, len(span)),
+              sigma_floor)
+    need_s = need_s and gauss
+    f32 = dict(dtype=torch.float32)
+    dummy = torch.zeros((1, 1, 1), **f32)
+    gw = torch.empty((a.rows, a.k), **f32) if need_w else dummy[0]
+    gp = torch.empty((a.ndim, a.rows, a.k), **f32) if need_p else dummy
+    s4 = (1,) * (4 - sigma.dim()) + tuple(sigma.shape) if need_s else None
+    gs_full = need_s and not (s4[1] == 1 and s4[2] == 1)
+    gs = torch.empty((a.ndim, a.rows, a.k), **f32) if gs_full else dummy
+    gs_part = torch.zeros((a.chunks, a.ndim, a.k), **f32) if need_s and not gs_full else dummy
+    g = grad.detach().contiguous().view(-1)  # a copy only for non-contiguous gradients (e.g. of kernel.sum())
+    if a.rows and a.k and (need_w or need_p or need_s):
+        _kernels().construct_backward(
+            a.w, a.p, a.s, g.numpy(), *a.common(), a.s0, a.s1, need_w, need_p, need_s, gs_full,
+            gw.numpy(), gp.numpy(), gs.numpy(), gs_part.numpy(),
+        )
+    else:
+        for t in (gw, gp, gs):
+            t.zero_()
+    empty = torch.empty(0, **f32)
+    grad_w = gw.view(weight.shape) if need_w else empty
+    grad_p = gp.view(a.shape4) if need_p else empty.clone()
+    grad_s = empty.clone()
+    if need_s:
+        full = gs.view(a.shape4) if gs_full else gs_part.sum(0).view(a.ndim, 1, 1, a.k)
+        grad_s = full.sum_to_size(s4).reshape(sigma.shape)
+    return grad_w, grad_p, grad_s
+
+
+@_backward_op.register_fake
+def _backward_fake(grad, weight, positions, sigma, span, gauss, bounds, sigma_floor, need_w, need_p, need_s):
+    def like(t, need):
+        return t.new_empty(t.shape if need else (0,), dtype=torch.float32)
+
+    return like(weight, need_w), like(positions, need_p), like(sigma if sigma is not None else weight, need_s and gauss)
+
+
+def construct_forward(
+    weight: torch.Tensor,
+    positions: torch.Tensor,
+    sigma: torch.Tensor | None,
+    span: tuple[int, ...],
+    interpolation: str,
+    bounds: tuple[tuple[float, ...], tuple[float, ...]] | None,
+    sigma_floor: float | None,
+) -> torch.Tensor:
+    """Dense kernel ``[O, I/g, *span]`` (float32) by the numba kernels; arguments as in ``dcls_kernel``.
+
+    Not differentiable by itself: ``dclszoo.functional.dcls_kernel`` pairs it with :func:`construct_backward`.
+    """
+    gauss = interpolation == "gauss"
+    return _forward_op(weight.detach(), positions.detach(), sigma.detach() if gauss else None, list(span), gauss,
+                       _bounds_list(bounds), sigma_floor)
+
+
+def construct_backward(
+    grad: torch.Tensor,
+    weight: torch.Tensor,
+    positions: torch.Tensor,
+    sigma: torch.Tensor | None,
+    span: tuple[int, ...],
+    interpolation: str,
+    bounds: tuple[tuple[float, ...], tuple[float, ...]] | None,
+    sigma_floor: float | None,
+    needs: tuple[bool, bool, bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Gradients ``(weight, positions, sigma)`` (None where not needed) for the upstream ``grad [O, I/g, *span]``.
+
+    The position gradient passes straight through ``bounds``; the sigma gradient goes through
+    ``max(|sigma|, sigma_floor)`` and is summed to ``sigma``'s (broadcast) shape.
+    """
+    gauss = interpolation == "gauss"
+    need_w, need_p, need_s = (bool(x) for x in needs)
+    need_s = need_s and gauss
+    gw, gp, gs = _backward_op(grad, weight.detach(), positions.detach(), sigma.detach() if gauss else None,
+                              list(span), gauss, _bounds_list(bounds), sigma_floor, need_w, need_p, need_s)
+    return (gw if need_w else None), (gp if need_p else None), (gs if need_s else None)

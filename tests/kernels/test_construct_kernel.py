@@ -1,0 +1,230 @@
+"""The numba kernels of the DCLS kernel construction (``dclszoo.kernels.construct``) against the plain formula.
+
+The oracle is ``dclszoo.reference.dcls_kernel_reference`` in float64 with ordinary autograd; the fused clamp and
+sigma floor are checked against the same formula applied to ``p + (clamp(p) - p).detach()`` (straight-through)
+and ``|sigma|.clamp_min(floor)``. The kernels run in float32, hence the tolerances.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dclszoo.functional import dcls_kernel
+from dclszoo.kernels import construct
+from dclszoo.reference import dcls_kernel_reference
+
+pytestmark = pytest.mark.skipif(not construct.numba_available(), reason="numba is not installed")
+
+SIGMA_SHAPES = ("full", "axis", "scalar", "tap", "out", "in")
+
+
+def _bounds(span):
+    return tuple(-(s // 2) for s in span), tuple(s - 1 - s // 2 for s in span)
+
+
+def _sigma_shape(kind, ndim, o, i, k):
+    return {"full": (ndim, o, i, k), "axis": (ndim, 1, 1, 1), "scalar": (), "tap": (1, 1, 1, k),
+            "out": (1, o, 1, 1), "in": (ndim, 1, i, 1)}[kind]
+
+
+def _taps(o, i, k, span, *, seed, sigma_kind="full", outside=0.0, sigma_range=(0.4, 2.0), negative_sigma=False):
+    """float64 weight / positions (inside the span, or up to ``outside`` beyond it) / sigma."""
+    gen = torch.Generator().manual_seed(seed)
+    ndim = len(span)
+    w = torch.randn(o, i, k, generator=gen, dtype=torch.float64)
+    lo, hi = (torch.tensor(b, dtype=torch.float64).view(ndim, 1, 1, 1) for b in _bounds(span))
+    p = (lo - outside) + (hi - lo + 2 * outside) * torch.rand(ndim, o, i, k, generator=gen, dtype=torch.float64)
+    a, b = sigma_range
+    s = a + (b - a) * torch.rand(_sigma_shape(sigma_kind, ndim, o, i, k), generator=gen, dtype=torch.float64)
+    if negative_sigma:
+        s = s * torch.where(torch.rand(s.shape, generator=gen) < 0.5, -1.0, 1.0).to(s.dtype)
+    return w, p, s
+
+
+def _run(op, w, p, s, span, interpolation, g, **fused):
+    leaves = [t.detach().clone().requires_grad_(True) for t in (w, p, s)]
+    sig = leaves[2] if interpolation == "gauss" else None
+    k = op(leaves[0], leaves[1], sig, span, interpolation, **fused)
+    k.backward(g.to(k.dtype))
+    return k.detach(), [leaf.grad for leaf in leaves]
+
+
+def _reference(w, p, s, span, interpolation, bounds=None, sigma_floor=None):
+    def op(w_, p_, s_, span_, interp_):
+        if bounds is not None:
+            lo, hi = (torch.tensor(b, dtype=p_.dtype).view(-1, 1, 1, 1) for b in bounds)
+            p_ = p_ + (torch.maximum(torch.minimum(p_, hi), lo) - p_).detach()
+        if sigma_floor is not None and s_ is not None:
+            s_ = s_.abs().clamp_min(sigma_floor)
+        return dcls_kernel_reference(w_, p_, s_, span_, interp_)
+
+    return op
+
+
+def _close(actual, expected, what, rtol=2e-4, atol=2e-5):
+    actual = actual.double()
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
+    err = (actual - expected).abs()
+    bound = atol * scale + rtol * expected.abs()
+    if not bool((err <= bound).all()):
+        idx = tuple(int(j) for j in torch.nonzero(err - bound == (err - bound).max())[0])
+        raise AssertionError(
+            f"{what}: error {err[idx].item():.3e} at {idx} (got {actual[idx].item():.7g}, "
+            f"expected {expected[idx].item():.7g}; scale {scale:.3g})"
+        )
+
+
+def _check(w, p, s, span, interpolation, seed=1, bounds=None, sigma_floor=None, monkeypatch=None):
+    """Values and all gradients of the numba path (float32, forced) against the float64 formula."""
+    g = torch.randn((w.shape[0], w.shape[1]) + tuple(span), generator=torch.Generator().manual_seed(seed),
+                    dtype=torch.float64)
+    monkeypatch.setenv(construct.ENV_BACKEND, "numba")  # raises rather than falling back
+    fused = {"position_bounds": bounds, "sigma_floor": sigma_floor}
+    k, grads = _run(dcls_kernel, w.float(), p.float(), s.float(), span, interpolation, g, **fused)
+    assert k.dtype == torch.float32
+    k_ref, grads_ref = _run(_reference(w, p, s, span, interpolation, bounds, sigma_floor), w, p, s, span,
+                            interpolation, g)
+    _close(k, k_ref, "kernel")
+    names = ("weight", "positions", "sigma") if interpolation == "gauss" else ("weight", "positions")
+    for name, got, want in zip(names, grads, grads_ref):
+        assert got is not None, f"no gradient for {name}"
+        _close(got, want, f"grad {name}")
+
+
+# ------------------------------------------------------------------------------------------ fixed cases
+CASES = [
+    # (O, I/g, kc, span): odd shapes; row counts below, at and across the 16-row blocks; spans below 16 cells
+    (3, 2, 3, (5,)),
+    (17, 1, 4, (9,)),  # depthwise-like, 17 rows (a full block + 1)
+    (4, 9, 1, (25,)),  # one tap, long span (delays)
+    (16, 2, 3, (4, 6)),  # even, non-square
+    (5, 7, 2, (7, 3)),  # non-square, 35 rows
+    (33, 1, 5, (5, 5)),  # depthwise-like
+    (2, 3, 2, (1, 4)),  # an axis of size 1
+]
+
+
+@pytest.mark.parametrize("interpolation", ["gauss", "bilinear"])
+@pytest.mark.parametrize("o, i, k, span", CASES)
+def test_matches_formula(o, i, k, span, interpolation, monkeypatch):
+    w, p, s = _taps(o, i, k, span, seed=o * 100 + k)
+    _check(w, p, s, span, interpolation, monkeypatch=monkeypatch)
+
+
+@pytest.mark.parametrize("sigma_kind", SIGMA_SHAPES)
+@pytest.mark.parametrize("span", [(7,), (5, 6)])
+def test_broadcast_sigma(sigma_kind, span, monkeypatch):
+    w, p, s = _taps(9, 3, 3, span, seed=7, sigma_kind=sigma_kind)
+    _check(w, p, s, span, "gauss", monkeypatch=monkeypatch)
+
+
+@pytest.mark.parametrize("interpolation", ["gauss", "bilinear"])
+@pytest.mark.parametrize("span", [(9,), (6, 5)])
+def test_fused_clamp_and_sigma_floor(span, interpolation, monkeypatch):
+    """Positions up to 2 cells outside the span are clamped (identity gradient); |sigma| is floored at 0.5 with
+    sigmas of both signs on either side of the floor."""
+    w, p, s = _taps(18, 2, 3, span, seed=11, outside=2.0, sigma_range=(0.3, 1.5), negative_sigma=True)
+    _check(w, p, s, span, interpolation, bounds=_bounds(span), sigma_floor=0.5, monkeypatch=monkeypatch)
+
+
+@pytest.mark.parametrize("span", [(7,), (5, 4)])
+def test_bilinear_integer_and_border_positions(span, monkeypatch):
+    """Integer positions, both borders and beyond them (unclamped): values and the floor-form gradients."""
+    w, p, _ = _taps(20, 1, 4, span, seed=3)
+    lo, hi = _bounds(span)
+    gen = torch.Generator().manual_seed(4)
+    for d in range(len(span)):
+        choices = torch.tensor([lo[d], hi[d], 0.0, lo[d] + 1.0, hi[d] + 0.5, lo[d] - 0.25], dtype=p.dtype)
+        p[d] = choices[torch.randint(len(choices), p[d].shape, generator=gen)]
+    _check(w, p, torch.ones(()), span, "bilinear", monkeypatch=monkeypatch)
+
+
+def test_gauss_positions_at_and_beyond_borders(monkeypatch):
+    w, p, s = _taps(16, 2, 2, (6, 7), seed=5, outside=3.0)
+    p[0, :4] = _bounds((6, 7))[1][0]
+    p[1, 4:8] = _bounds((6, 7))[0][1]
+    _check(w, p, s, (6, 7), "gauss", monkeypatch=monkeypatch)
+
+
+def test_only_some_gradients_and_non_contiguous_upstream(monkeypatch):
+    monkeypatch.setenv(construct.ENV_BACKEND, "numba")
+    w, p, s = (t.float() for t in _taps(17, 2, 3, (5, 5), seed=9))
+    p.requires_grad_(True)
+    k = dcls_kernel(w, p, s, (5, 5), "gauss")
+    k.sum().backward()  # upstream gradient: an expanded (zero-stride) tensor
+    p_ref = p.detach().double().requires_grad_(True)
+    dcls_kernel_reference(w.double(), p_ref, s.double(), (5, 5), "gauss").sum().backward()
+    assert w.grad is None and s.grad is None
+    _close(p.grad, p_ref.grad, "grad positions")
+
+
+# ------------------------------------------------------------------------------------------ properties
+@st.composite
+def configurations(draw):
+    ndim = draw(st.integers(1, 2))
+    span = tuple(draw(st.integers(1, 11)) for _ in range(ndim))
+    return dict(
+        span=span, o=draw(st.integers(1, 24)), i=draw(st.integers(1, 3)), k=draw(st.integers(1, 6)),
+        interpolation=draw(st.sampled_from(["gauss", "bilinear"])),
+        sigma_kind=draw(st.sampled_from(["full", "scalar"])), fused=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )
+
+
+@settings(max_examples=25, deadline=None)
+@given(configurations())
+def test_property_matches_formula(config):
+    c = config
+    w, p, s = _taps(c["o"], c["i"], c["k"], c["span"], seed=c["seed"], sigma_kind=c["sigma_kind"],
+                    outside=1.0 if c["fused"] else 0.0, sigma_range=(0.3, 2.0), negative_sigma=c["fused"])
+    bounds, floor = (_bounds(c["span"]), 0.4) if c["fused"] else (None, None)
+    with pytest.MonkeyPatch.context() as mp:
+        _check(w, p, s, c["span"], c["interpolation"], seed=c["seed"] % 1000, bounds=bounds, sigma_floor=floor,
+               monkeypatch=mp)
+
+
+# ------------------------------------------------------------------------------------------ backend choice
+def test_automatic_choice():
+    f32, f64 = torch.zeros(2, 3, 1), torch.zeros(2, 3, 1, dtype=torch.float64)
+    assert construct.select_backend(f32, torch.zeros(2, 2, 3, 1), None, (3, 3)) == "numba"
+    assert construct.select_backend(f64, torch.zeros(2, 2, 3, 1, dtype=torch.float64), None, (3, 3)) == "torch"
+    assert construct.select_backend(f32, torch.zeros(3, 2, 3, 1), None, (3, 3, 3)) == "torch"
+    assert construct.select_backend(f32.half(), torch.zeros(1, 2, 3, 1).half(), None, (3,)) == "torch"
+
+
+def test_explicit_choice_and_errors(monkeypatch):
+    w, p = torch.zeros(2, 3, 1), torch.zeros(1, 2, 3, 1)
+    assert construct.select_backend(w, p, None, (3,), backend="torch") == "torch"
+    monkeypatch.setenv(construct.ENV_BACKEND, "torch")
+    assert construct.select_backend(w, p, None, (3,)) == "torch"
+    monkeypatch.setenv(construct.ENV_BACKEND, "numba")
+    with pytest.raises(ValueError, match="float32 CPU"):
+        construct.select_backend(w.double(), p.double(), None, (3,))
+    with pytest.raises(ValueError, match="1-D and 2-D"):
+        construct.select_backend(w, torch.zeros(3, 2, 3, 1), None, (3, 3, 3))
+    with pytest.raises(ValueError, match="float32 CPU"):  # through the op: no silent fallback
+        dcls_kernel(w.double(), p.double(), 1.0, (3,), "gauss")
+    monkeypatch.setenv(construct.ENV_BACKEND, "cuda")
+    with pytest.raises(ValueError, match="not one of"):
+        construct.select_backend(w, p, None, (3,))
+
+
+def test_forced_torch_backend_still_matches(monkeypatch):
+    """The torch twin stays reachable (and right) for float32 when requested."""
+    monkeypatch.setenv(construct.ENV_BACKEND, "torch")
+    w, p, s = (t.float() for t in _taps(5, 3, 2, (5, 4), seed=2))
+    _close(dcls_kernel(w, p, s, (5, 4), "gauss"), dcls_kernel_reference(w.double(), p.double(), s.double(), (5, 4)),
+           "kernel (torch backend)")
+
+
+def test_import_does_not_load_numba():
+    code = "import sys, dclszoo, dclszoo.functional, dclszoo.kernels.construct; print('numba' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
