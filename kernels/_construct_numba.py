@@ -1,9 +1,9 @@
 """Numba CPU kernels of the DCLS kernel construction (private; imported lazily by :mod:`dclszoo.kernels.construct`).
 
 Work unit: a block of ``LANES = 16`` consecutive (out, in) rows held "lane-major" in small per-thread arrays
-(``A[k, x, lane]``: tap ``k``, grid point ``x``, row ``lane``), so that every vector operation covers the 16
-rows of a block whatever the span and the tap count are. The hot loops are explicit 16-wide vector code
-(:mod:`dclszoo.kernels._simd_numba`). Per block:
+(``A[k, x, lane]``: tap ``k``, grid point ``x``, row ``lane``; all scratch is flat and allocated once per thread
+chunk), so that every vector operation covers the 16 rows of a block whatever the span and the tap count are.
+The hot loops are explicit 16-wide vector code (:mod:`dclszoo.kernels._simd_numba`). Per block:
 
 - forward: the block's parameters with the position clamp and the sigma floor applied (fused: nothing
   parameter-sized is allocated), per-axis profiles ``A_d[k, x_d]`` and their sums ``Z_d`` (one vector ``exp``
@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._simd_numba import WIDTH, vdot, vgauss_grads, vgauss_profile, vtranspose
+from ._simd_numba import WIDTH, vclamp, vdot, vfloor_sigma, vgather, vgauss_grads, vgauss_profile, vscatter, vtranspose
 
 LANES = WIDTH  # rows per block
 
@@ -35,83 +35,89 @@ _INNER = dict(fastmath=True, nogil=True, inline="always", error_model="numpy")
 
 
 @njit(**_INNER)
-def _load_params(w, p, s, r0, rows, ndim, gauss, lo, hi, bounded, floor, wl, pl, sl, chain):  # pragma: no cover
-    """Block parameters, lane-major, from ``w [R, K]``, ``p [D, R, K]``, ``s [D, R, K]`` (any strides): weights
-    ``wl [K, L]``, clamped positions ``pl [D, K, L]``, effective std ``sl [D, K, L]`` and the sigma chain
-    factor ``chain [D, K, L]`` (lanes past the last row repeat it)."""
-    k_taps = w.shape[1]
-    for lane in range(LANES):
-        row = min(r0 + lane, rows - 1)
+def _load_params(w, p, s, st, r0, rows, k_taps, ndim, gauss, lo, hi, bounded, floor, wl, pl, sl, chain):
+    # pragma: no cover - jitted
+    """Block parameters, lane-major: weights ``wl [K, L]``, clamped positions ``pl [D, K, L]``, effective std
+    ``sl [D, K, L]`` and the sigma chain factor ``chain [D, K, L]`` (lanes past the last row repeat it).
+
+    ``w``, ``p`` and ``s`` are flat storage; element ``(d, row, k)`` of each is at ``d * st[j, 0] + row * st[j, 1]
+    + k * st[j, 2]`` with ``j`` = 0, 1, 2 for ``w``, ``p``, ``s`` (zero strides for broadcast sigma).
+    """
+    if r0 + LANES <= rows:
         for k in range(k_taps):
-            wl[k, lane] = w[row, k]
+            vgather(wl, k * LANES, w, r0 * st[0, 1] + k * st[0, 2], st[0, 1])
         for d in range(ndim):
             for k in range(k_taps):
-                pl[d, k, lane] = p[d, row, k]
-            if gauss:
-                for k in range(k_taps):
-                    sl[d, k, lane] = s[d, row, k]
-    n = k_taps * LANES
-    plf, slf, chf = pl.reshape(pl.size), sl.reshape(sl.size), chain.reshape(chain.size)
+                vgather(pl, (d * k_taps + k) * LANES, p, d * st[1, 0] + r0 * st[1, 1] + k * st[1, 2], st[1, 1])
+                if gauss:
+                    vgather(sl, (d * k_taps + k) * LANES, s, d * st[2, 0] + r0 * st[2, 1] + k * st[2, 2], st[2, 1])
+    else:
+        for lane in range(LANES):
+            row = min(r0 + lane, rows - 1)
+            for k in range(k_taps):
+                wl[k * LANES + lane] = w[row * st[0, 1] + k * st[0, 2]]
+                for d in range(ndim):
+                    j = (d * k_taps + k) * LANES + lane
+                    pl[j] = p[d * st[1, 0] + row * st[1, 1] + k * st[1, 2]]
+                    if gauss:
+                        sl[j] = s[d * st[2, 0] + row * st[2, 1] + k * st[2, 2]]
     if bounded:
         for d in range(ndim):
-            low, high = lo[d], hi[d]
-            for j in range(d * n, (d + 1) * n):
-                plf[j] = min(max(plf[j], low), high)
+            for k in range(k_taps):
+                vclamp(pl, (d * k_taps + k) * LANES, lo[d], hi[d])
     if gauss and floor > _ZERO:
-        for j in range(ndim * n):
-            sv = slf[j]
-            av = abs(sv)
-            chf[j] = ((_ONE if sv >= _ZERO else -_ONE) if av >= floor else _ZERO)
-            slf[j] = max(av, floor)
+        for j in range(ndim * k_taps):
+            vfloor_sigma(sl, chain, j * LANES, floor)
 
 
 @njit(**_INNER)
-def _bilinear_profile(pl, a):  # pragma: no cover - jitted
-    """Floor-form bilinear profile ``a[k, x, L]``: ``1 - r`` at ``floor(p)``, ``r`` at ``floor(p) + 1``; a position
-    exactly at the upper border uses the cell below it (inward derivative)."""
-    k_taps, size = a.shape[0], a.shape[1]
+def _bilinear_profile(pl, p0, k_taps, size, a):  # pragma: no cover - jitted
+    """Floor-form bilinear profile ``a [K, S, L]``: ``1 - r`` at ``floor(p)``, ``r`` at ``floor(p) + 1``, with the
+    positions ``pl[p0 + k * L + lane]``; a position exactly at the upper border uses the cell below it."""
     c = size // 2
     top = _F(size - 1 - c)
+    a[: k_taps * size * LANES] = _ZERO
     for k in range(k_taps):
-        for x in range(size):
-            xc = _F(x - c)
-            for lane in range(LANES):
-                pv = pl[k, lane]
-                fl = np.floor(pv)
-                if size >= 2 and pv == top:
-                    fl -= _ONE
-                r = pv - fl
-                a[k, x, lane] = (_ONE - r) if xc == fl else (r if xc == fl + _ONE else _ZERO)
+        for lane in range(LANES):
+            pv = pl[p0 + k * LANES + lane]
+            fl = np.floor(pv)
+            if size >= 2 and pv == top:
+                fl -= _ONE
+            idx = np.int64(fl) + c
+            r = pv - fl
+            if 0 <= idx < size:
+                a[(k * size + idx) * LANES + lane] = _ONE - r
+            if 0 <= idx + 1 < size:
+                a[(k * size + idx + 1) * LANES + lane] = r
 
 
 @njit(**_INNER)
-def _profiles(ndim, gauss, pl, sl, tail, a0, a1, z0, z1):  # pragma: no cover - jitted
+def _profiles(ndim, gauss, k_taps, s0, s1, pl, sl, tail, a0, a1, z0, z1):  # pragma: no cover - jitted
     """Profiles ``a_d [K, S_d, L]`` and (Gaussian) their sums ``z_d [K, L]`` of the block's taps."""
     for d in range(ndim):
+        size = s0 if d == 0 else s1
         a, z = (a0, z0) if d == 0 else (a1, z1)
-        k_taps, size = a.shape[0], a.shape[1]
+        off = d * k_taps * LANES
         if gauss:
-            af, zf, pf, sf = a.reshape(a.size), z.reshape(z.size), pl[d].reshape(z.size), sl[d].reshape(z.size)
             for k in range(k_taps):
-                vgauss_profile(af, k * size * LANES, zf, k * LANES, pf, sf, k * LANES, _F(-(size // 2)), size, tail)
+                vgauss_profile(a, k * size * LANES, z, k * LANES, pl, sl, off + k * LANES, _F(-(size // 2)), size,
+                               tail)
         else:
-            _bilinear_profile(pl[d], a)
+            _bilinear_profile(pl, off, k_taps, size, a)
 
 
 @njit(**_INNER)
-def _scale(gauss, ndim, wl, z0, z1, sc, den):  # pragma: no cover - jitted
+def _scale(gauss, n, wl, z0, z1, sc, den):  # pragma: no cover - jitted
     """``sc = w / den`` with ``den = prod_d Z_d + 1e-7`` (Gaussian) or 1 (bilinear), all ``[K, L]``."""
-    wf, z0f, z1f, scf, denf = wl.reshape(wl.size), z0.reshape(wl.size), z1.reshape(wl.size), sc.reshape(wl.size), \
-        den.reshape(wl.size)
-    for j in range(wl.size):
-        dv = (z0f[j] * z1f[j] + _EPS) if gauss else _ONE
-        denf[j] = dv
-        scf[j] = wf[j] / dv
+    for j in range(n):
+        dv = (z0[j] * z1[j] + _EPS) if gauss else _ONE
+        den[j] = dv
+        sc[j] = wl[j] / dv
 
 
 @njit(**_INNER)
 def _store_rows(accf, out, r0, valid, m):  # pragma: no cover - jitted
-    """Block result ``accf [m, L]`` (flat) into output rows ``out[(r0 + lane) * m + j]`` (flat)."""
+    """Block result ``accf [m, L]`` into output rows ``out[(r0 + lane) * m + j]`` (flat)."""
     if valid == LANES and m >= LANES:
         for j0 in range(0, m - LANES + 1, LANES):
             vtranspose(accf, j0 * LANES, LANES, out, r0 * m + j0, m)
@@ -138,162 +144,170 @@ def _load_rows(g, r0, valid, m, glf):  # pragma: no cover - jitted
                 glf[j * LANES + lane] = g[(r0 + lane) * m + j]
 
 
+def _scratch(k_taps, s0, s1):  # pragma: no cover - inlined by numba as a plain function call
+    f32 = np.float32
+    n = k_taps * LANES
+    return (np.empty(n, f32), np.zeros(2 * n, f32), np.ones(2 * n, f32), np.ones(2 * n, f32),
+            np.empty(n * s0, f32), np.ones(n * s1, f32), np.empty(n, f32), np.ones(n, f32), np.empty(n, f32),
+            np.empty(n, f32))
+
+
+_scratch = njit(**_INNER)(_scratch)
+
+
 @njit(**_OPTS)
-def construct_forward(w, p, s, ndim, gauss, lo, hi, bounded, floor, tail, n_chunks, s0, s1, out):  # pragma: no cover
-    """Dense kernel rows, flat ``out [R * S0 * S1]`` (``S1 = 1`` in 1-D), of ``w [R, K]``, ``p [D, R, K]`` and
-    ``s [D, R, K]`` (any strides; ``p`` again for bilinear)."""
-    rows, k_taps = w.shape
+def construct_forward(w, p, s, st, rows, k_taps, ndim, gauss, lo, hi, bounded, floor, tail, n_chunks, s0, s1, out):
+    # pragma: no cover - jitted
+    """Dense kernel rows, flat ``out [R * S0 * S1]`` (``S1 = 1`` in 1-D), of the taps ``w [R, K]``,
+    ``p [D, R, K]`` and ``s [D, R, K]`` given as flat storage and element strides ``st`` (see
+    :func:`_load_params`; ``p`` again for bilinear)."""
     m = s0 * s1
+    n = k_taps * LANES
     n_blocks = (rows + LANES - 1) // LANES
     per = (n_blocks + n_chunks - 1) // n_chunks
     for chunk in prange(n_chunks):
-        wl = np.empty((k_taps, LANES), dtype=np.float32)
-        pl = np.zeros((2, k_taps, LANES), dtype=np.float32)
-        sl = np.ones((2, k_taps, LANES), dtype=np.float32)
-        chain = np.ones((2, k_taps, LANES), dtype=np.float32)
-        a0 = np.empty((k_taps, s0, LANES), dtype=np.float32)
-        a1 = np.ones((k_taps, s1, LANES), dtype=np.float32)
-        bk = np.empty(k_taps * s0 * LANES, dtype=np.float32)
-        z0 = np.empty((k_taps, LANES), dtype=np.float32)
-        z1 = np.ones((k_taps, LANES), dtype=np.float32)
-        sc = np.empty((k_taps, LANES), dtype=np.float32)
-        den = np.empty((k_taps, LANES), dtype=np.float32)
-        accf = np.empty(m * LANES, dtype=np.float32)
-        a0f, a1f, scf = a0.reshape(a0.size), a1.reshape(a1.size), sc.reshape(sc.size)
+        wl, pl, sl, chain, a0, a1, z0, z1, sc, den = _scratch(k_taps, s0, s1)
+        bk = np.empty(n * s0, dtype=np.float32)
+        acc = np.empty(m * LANES, dtype=np.float32)
         for block in range(chunk * per, min(n_blocks, (chunk + 1) * per)):
             r0 = block * LANES
-            _load_params(w, p, s, r0, rows, ndim, gauss, lo, hi, bounded, floor, wl, pl, sl, chain)
-            _profiles(ndim, gauss, pl, sl, tail, a0, a1, z0, z1)
-            _scale(gauss, ndim, wl, z0, z1, sc, den)
+            _load_params(w, p, s, st, r0, rows, k_taps, ndim, gauss, lo, hi, bounded, floor, wl, pl, sl, chain)
+            _profiles(ndim, gauss, k_taps, s0, s1, pl, sl, tail, a0, a1, z0, z1)
+            _scale(gauss, n, wl, z0, z1, sc, den)
             if ndim == 1:  # acc[x] = sum_k sc[k] a0[k, x]
                 for x0 in range(s0):
-                    vdot(accf, x0 * LANES, False, scf, 0, LANES, a0f, x0 * LANES, s0 * LANES, k_taps)
+                    vdot(acc, x0 * LANES, False, sc, 0, LANES, a0, x0 * LANES, s0 * LANES, k_taps)
             else:  # acc[x0, x1] = sum_k (sc a0)[k, x0] a1[k, x1]
-                for j in range(k_taps * s0):
-                    vdot(bk, j * LANES, False, scf, (j // s0) * LANES, 0, a0f, j * LANES, 0, 1)
+                for k in range(k_taps):
+                    for x0 in range(s0):
+                        j = (k * s0 + x0) * LANES
+                        vdot(bk, j, False, sc, k * LANES, 0, a0, j, 0, 1)
                 for x0 in range(s0):
                     for x1 in range(s1):
-                        vdot(accf, (x0 * s1 + x1) * LANES, False, bk, x0 * LANES, s0 * LANES,
-                             a1f, x1 * LANES, s1 * LANES, k_taps)
-            _store_rows(accf, out, r0, min(LANES, rows - r0), m)
+                        vdot(acc, (x0 * s1 + x1) * LANES, False, bk, x0 * LANES, s0 * LANES,
+                             a1, x1 * LANES, s1 * LANES, k_taps)
+            _store_rows(acc, out, r0, min(LANES, rows - r0), m)
 
 
 @njit(**_OPTS)
 def construct_backward(
-    w, p, s, g, ndim, gauss, lo, hi, bounded, floor, tail, n_chunks, s0, s1, need_w, need_p, need_s, gs_full,
-    gw, gp, gs, gs_part,
+    w, p, s, st, rows, k_taps, g, ndim, gauss, lo, hi, bounded, floor, tail, n_chunks, s0, s1, need_w, need_p,
+    need_s, gs_full, gw, gp, gs, gs_part,
 ):  # pragma: no cover - jitted
     """Gradients of :func:`construct_forward` for the flat upstream ``g [R * S0 * S1]``: ``gw [R, K]``,
     ``gp [D, R, K]`` (straight through the clamp) and, for a Gaussian with ``need_s``, the sigma gradient per
-    entry into ``gs [D, R, K]`` (``gs_full``) or summed over rows per chunk into ``gs_part [n_chunks, D, K]``."""
-    rows, k_taps = w.shape
+    entry into ``gs [D, R, K]`` (``gs_full``) or summed over rows per chunk into ``gs_part [n_chunks, D, K]``
+    (all flat)."""
     m = s0 * s1
+    n = k_taps * LANES
     n_blocks = (rows + LANES - 1) // LANES
     per = (n_blocks + n_chunks - 1) // n_chunks
-    need_taps = need_p or (need_s and gauss)
+    need_s = need_s and gauss
+    need_taps = need_p or need_s
     for chunk in prange(n_chunks):
-        wl = np.empty((k_taps, LANES), dtype=np.float32)
-        pl = np.zeros((2, k_taps, LANES), dtype=np.float32)
-        sl = np.ones((2, k_taps, LANES), dtype=np.float32)
-        chain = np.ones((2, k_taps, LANES), dtype=np.float32)
-        a0 = np.empty((k_taps, s0, LANES), dtype=np.float32)
-        a1 = np.ones((k_taps, s1, LANES), dtype=np.float32)
-        z0 = np.empty((k_taps, LANES), dtype=np.float32)
-        z1 = np.ones((k_taps, LANES), dtype=np.float32)
-        sc = np.empty((k_taps, LANES), dtype=np.float32)
-        den = np.empty((k_taps, LANES), dtype=np.float32)
+        wl, pl, sl, chain, a0, a1, z0, z1, sc, den = _scratch(k_taps, s0, s1)
         glf = np.empty(m * LANES, dtype=np.float32)
-        e0f = np.empty(k_taps * s0 * LANES, dtype=np.float32)
-        e1f = np.empty(k_taps * s1 * LANES, dtype=np.float32)
-        gsc = np.empty((k_taps, LANES), dtype=np.float32)
-        res = np.zeros((2, 2, k_taps, LANES), dtype=np.float32)  # (position, sigma) x axis
-        a0f, a1f, gscf = a0.reshape(a0.size), a1.reshape(a1.size), gsc.reshape(gsc.size)
+        e0 = np.empty(n * s0, dtype=np.float32)
+        e1 = np.empty(n * s1, dtype=np.float32)
+        gsc = np.empty(n, dtype=np.float32)
+        res = np.zeros(4 * n, dtype=np.float32)  # [position | sigma, axis, K, L]
         for block in range(chunk * per, min(n_blocks, (chunk + 1) * per)):
             r0 = block * LANES
             valid = min(LANES, rows - r0)
-            _load_params(w, p, s, r0, rows, ndim, gauss, lo, hi, bounded, floor, wl, pl, sl, chain)
-            _profiles(ndim, gauss, pl, sl, tail, a0, a1, z0, z1)
-            _scale(gauss, ndim, wl, z0, z1, sc, den)
+            _load_params(w, p, s, st, r0, rows, k_taps, ndim, gauss, lo, hi, bounded, floor, wl, pl, sl, chain)
+            _profiles(ndim, gauss, k_taps, s0, s1, pl, sl, tail, a0, a1, z0, z1)
+            _scale(gauss, n, wl, z0, z1, sc, den)
             _load_rows(g, r0, valid, m, glf)
             # E_0[k, x0] = sum_x1 g[x0, x1] A_1[k, x1] (1-D: g itself); E_1[k, x1] = sum_x0 g[x0, x1] A_0[k, x0]
             if ndim == 1:
                 e_0, e_tap0 = glf, 0
             else:
-                e_0, e_tap0 = e0f, s0 * LANES
+                e_0, e_tap0 = e0, s0 * LANES
                 for k in range(k_taps):
                     for x0 in range(s0):
-                        vdot(e0f, (k * s0 + x0) * LANES, False, glf, x0 * s1 * LANES, LANES,
-                             a1f, k * s1 * LANES, LANES, s1)
+                        vdot(e0, (k * s0 + x0) * LANES, False, glf, x0 * s1 * LANES, LANES,
+                             a1, k * s1 * LANES, LANES, s1)
                     if need_taps:
                         for x1 in range(s1):
-                            vdot(e1f, (k * s1 + x1) * LANES, False, glf, x1 * LANES, s1 * LANES,
-                                 a0f, k * s0 * LANES, LANES, s0)
+                            vdot(e1, (k * s1 + x1) * LANES, False, glf, x1 * LANES, s1 * LANES,
+                                 a0, k * s0 * LANES, LANES, s0)
             for k in range(k_taps):  # dL/dscale[k] = sum_x0 A_0[k, x0] E_0[k, x0]
-                vdot(gscf, k * LANES, False, a0f, k * s0 * LANES, LANES, e_0, k * e_tap0, LANES, s0)
+                vdot(gsc, k * LANES, False, a0, k * s0 * LANES, LANES, e_0, k * e_tap0, LANES, s0)
             if need_taps:
-                _tap_grads(ndim, gauss, pl, sl, chain, a0f, a1f, e_0, e1f, e_tap0, s0, s1, z0, z1, sc, den, gsc, res)
-            _write_grads(r0, valid, ndim, chunk, need_w, need_p, need_s and gauss, gs_full, gsc, den, res,
+                _tap_grads(ndim, gauss, k_taps, s0, s1, pl, sl, chain, a0, a1, e_0, e1, e_tap0, z0, z1, sc, den, gsc,
+                           res)
+            if need_w:
+                for j in range(n):
+                    wl[j] = gsc[j] / den[j]  # wl is free now: the weight gradient, lane-major
+            _write_grads(r0, valid, rows, k_taps, ndim, chunk, need_w, need_p, need_s, gs_full, wl, res,
                          gw, gp, gs, gs_part)
 
 
 @njit(**_INNER)
-def _tap_grads(ndim, gauss, pl, sl, chain, a0f, a1f, e0f, e1f, e_tap0, s0, s1, z0, z1, sc, den, gsc, res):
+def _tap_grads(ndim, gauss, k_taps, s0, s1, pl, sl, chain, a0, a1, e0, e1, e_tap0, z0, z1, sc, den, gsc, res):
     # pragma: no cover - jitted
-    """Position and sigma gradients per axis and tap into ``res[0|1, d, k, L]``; ``e_tap0`` is the offset between
-    taps in ``e0f`` (0 in 1-D, where every tap sees the gradient itself)."""
-    k_taps = sc.shape[0]
+    """Position and sigma gradients per axis and tap into ``res [2, D, K, L]``; ``e_tap0`` is the offset between
+    taps in ``e0`` (0 in 1-D, where every tap sees the gradient itself)."""
     n = k_taps * LANES
-    scf, gscf, denf, resf = sc.reshape(n), gsc.reshape(n), den.reshape(n), res.reshape(res.size)
     for d in range(ndim):
         size = s0 if d == 0 else s1
-        af = a0f if d == 0 else a1f
-        ef = e0f if d == 0 else e1f
+        a = a0 if d == 0 else a1
+        e = e0 if d == 0 else e1
         e_tap = e_tap0 if d == 0 else s1 * LANES
         c = size // 2
+        off = d * n
         if gauss:  # zo: the other axis' sums (ones in 1-D)
-            zo = z1.reshape(n) if d == 0 else z0.reshape(n)
-            pf, sf, cf = pl[d].reshape(n), sl[d].reshape(n), chain[d].reshape(n)
+            zo = z1 if d == 0 else z0
             for k in range(k_taps):
-                vgauss_grads(resf, (d * k_taps + k) * LANES, ((2 + d) * k_taps + k) * LANES, ef, k * e_tap,
-                             af, k * size * LANES, pf, sf, cf, scf, gscf, denf, zo, k * LANES, _F(-c), size)
+                vgauss_grads(res, off + k * LANES, 2 * n + off + k * LANES, e, k * e_tap, a, k * size * LANES,
+                             pl, sl, chain, off + k * LANES, sc, gsc, den, zo, k * LANES, _F(-c), size)
         else:  # dA_d/dp_d = +1 at floor(p) + 1 and -1 at floor(p) (inside the span)
             top = _F(size - 1 - c)
             for k in range(k_taps):
                 for lane in range(LANES):
-                    pv = pl[d, k, lane]
+                    pv = pl[off + k * LANES + lane]
                     fl = np.floor(pv)
                     if size >= 2 and pv == top:
                         fl -= _ONE
                     idx = np.int64(fl) + c
                     acc = _ZERO
                     if 0 <= idx < size:
-                        acc -= ef[k * e_tap + idx * LANES + lane]
+                        acc -= e[k * e_tap + idx * LANES + lane]
                     if 0 <= idx + 1 < size:
-                        acc += ef[k * e_tap + (idx + 1) * LANES + lane]
-                    res[0, d, k, lane] = acc * sc[k, lane]
+                        acc += e[k * e_tap + (idx + 1) * LANES + lane]
+                    res[off + k * LANES + lane] = acc * sc[k * LANES + lane]
 
 
 @njit(**_INNER)
-def _write_grads(r0, valid, ndim, chunk, need_w, need_p, need_s, gs_full, gsc, den, res, gw, gp, gs, gs_part):
-    # pragma: no cover - jitted
-    """The block's gradients from lane-major ``[.., K, L]`` into the row-major outputs."""
-    k_taps = gsc.shape[0]
-    if need_w:
-        for lane in range(valid):
-            for k in range(k_taps):
-                gw[r0 + lane, k] = gsc[k, lane] / den[k, lane]
-    for d in range(ndim):
-        if need_p:
-            for lane in range(valid):
-                for k in range(k_taps):
-                    gp[d, r0 + lane, k] = res[0, d, k, lane]
-        if need_s and gs_full:
-            for lane in range(valid):
-                for k in range(k_taps):
-                    gs[d, r0 + lane, k] = res[1, d, k, lane]
-        elif need_s:
-            for k in range(k_taps):
+def _write_grads(r0, valid, rows, k_taps, ndim, chunk, need_w, need_p, need_s, gs_full, gwl, res, gw, gp, gs,
+                 gs_part):  # pragma: no cover - jitted
+    """The block's gradients from lane-major ``[.., K, L]`` into the flat row-major outputs."""
+    n = k_taps * LANES
+    full = valid == LANES
+    for k in range(k_taps):
+        if need_w:
+            if full:
+                vscatter(gw, r0 * k_taps + k, k_taps, gwl, k * LANES)
+            else:
+                for lane in range(valid):
+                    gw[(r0 + lane) * k_taps + k] = gwl[k * LANES + lane]
+        for d in range(ndim):
+            src = (d * k_taps + k) * LANES
+            dst = (d * rows + r0) * k_taps + k
+            if need_p:
+                if full:
+                    vscatter(gp, dst, k_taps, res, src)
+                else:
+                    for lane in range(valid):
+                        gp[dst + lane * k_taps] = res[src + lane]
+            if need_s and gs_full:
+                if full:
+                    vscatter(gs, dst, k_taps, res, 2 * n + src)
+                else:
+                    for lane in range(valid):
+                        gs[dst + lane * k_taps] = res[2 * n + src + lane]
+            elif need_s:
                 total = _ZERO
                 for lane in range(valid):
-                    total += res[1, d, k, lane]
-                gs_part[chunk, d, k] += total
+                    total += res[2 * n + src + lane]
+                gs_part[(chunk * ndim + d) * k_taps + k] += total

@@ -69,6 +69,102 @@ def vdot(typingctx, dst, d0, add, x, x0, xs, y, y0, ys, n):
     return sig, codegen
 
 
+@intrinsic
+def vgather(typingctx, dst, d0, src, s0, ss):
+    """``dst[d0 + lane] = src[s0 + lane * ss]`` for ``lane < W`` (a strided load into one vector)."""
+    if not _check_arrays(dst, src):
+        return None
+    sig = types.void(dst, d0, src, s0, ss)
+
+    def codegen(context, builder, signature, args):
+        aty = signature.args
+        dst_v, d0_v, src_v, s0_v, ss_v = args
+        d0_v, s0_v, ss_v = (context.cast(builder, v, aty[i], types.int64) for v, i in
+                            ((d0_v, 1), (s0_v, 3), (ss_v, 4)))
+        data = context.make_array(aty[2])(context, builder, src_v).data
+        i64, i32 = ir.IntType(64), ir.IntType(32)
+        vec = ir.Constant(_VEC, None)
+        for lane in range(WIDTH):
+            index = builder.add(s0_v, builder.mul(ir.Constant(i64, lane), ss_v))
+            vec = builder.insert_element(vec, builder.load(builder.gep(data, [index])), ir.Constant(i32, lane))
+        builder.store(vec, _vec_pointer(context, builder, aty[0], dst_v, d0_v), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def vscatter(typingctx, dst, d0, ds, src, s0):
+    """``dst[d0 + lane * ds] = src[s0 + lane]`` for ``lane < W`` (one vector stored with a stride)."""
+    if not _check_arrays(dst, src):
+        return None
+    sig = types.void(dst, d0, ds, src, s0)
+
+    def codegen(context, builder, signature, args):
+        aty = signature.args
+        dst_v, d0_v, ds_v, src_v, s0_v = args
+        d0_v, ds_v, s0_v = (context.cast(builder, v, aty[i], types.int64) for v, i in
+                            ((d0_v, 1), (ds_v, 2), (s0_v, 4)))
+        vec = builder.load(_vec_pointer(context, builder, aty[3], src_v, s0_v), align=4)
+        data = context.make_array(aty[0])(context, builder, dst_v).data
+        i64, i32 = ir.IntType(64), ir.IntType(32)
+        for lane in range(WIDTH):
+            index = builder.add(d0_v, builder.mul(ir.Constant(i64, lane), ds_v))
+            builder.store(builder.extract_element(vec, ir.Constant(i32, lane)), builder.gep(data, [index]))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def vclamp(typingctx, x, x0, low, high):
+    """``x[x0:+W] = min(max(x[x0:+W], low), high)`` (scalars ``low``, ``high``)."""
+    if not _check_arrays(x):
+        return None
+    sig = types.void(x, x0, low, high)
+
+    def codegen(context, builder, signature, args):
+        aty = signature.args
+        x_v, x0_v, lo_v, hi_v = args
+        x0_v = context.cast(builder, x0_v, aty[1], types.int64)
+        lo_v = _broadcast(builder, context.cast(builder, lo_v, aty[2], types.float32))
+        hi_v = _broadcast(builder, context.cast(builder, hi_v, aty[3], types.float32))
+        ptr = _vec_pointer(context, builder, aty[0], x_v, x0_v)
+        v = builder.load(ptr, align=4)
+        v = builder.select(builder.fcmp_ordered("<", v, lo_v), lo_v, v)
+        v = builder.select(builder.fcmp_ordered(">", v, hi_v), hi_v, v)
+        builder.store(v, ptr, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def vfloor_sigma(typingctx, s, chain, x0, floor):
+    """``s[x0:+W] = max(|s|, floor)`` and ``chain[x0:+W] = d(that)/ds = sign(s) * (|s| >= floor)``."""
+    if not _check_arrays(s, chain):
+        return None
+    sig = types.void(s, chain, x0, floor)
+
+    def codegen(context, builder, signature, args):
+        aty = signature.args
+        s_v, ch_v, x0_v, fl_v = args
+        x0_v = context.cast(builder, x0_v, aty[2], types.int64)
+        fl_v = _broadcast(builder, context.cast(builder, fl_v, aty[3], types.float32))
+        s_ptr = _vec_pointer(context, builder, aty[0], s_v, x0_v)
+        v = builder.load(s_ptr, align=4)
+        fabs = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC]), f"llvm.fabs.v{WIDTH}f32")
+        av = builder.call(fabs, [v])
+        above = builder.fcmp_ordered(">=", av, fl_v)
+        sign = builder.select(builder.fcmp_ordered(">=", v, _splat(0.0)), _splat(1.0), _splat(-1.0))
+        builder.store(builder.select(above, sign, _splat(0.0)), _vec_pointer(context, builder, aty[1], ch_v, x0_v),
+                      align=4)
+        builder.store(builder.select(above, av, fl_v), s_ptr, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 def _transpose_stages():
     """Shuffle masks of the 4 butterfly stages of a 16 x 16 transpose: at stage ``h`` the pair of vectors
     ``(a, b) = (v[j], v[j + h])`` exchanges its off-diagonal ``h``-blocks."""
@@ -128,30 +224,31 @@ def _broadcast(builder, scalar):
 
 
 @intrinsic
-def vgauss_grads(typingctx, res, rp, rs, e, e0, a, a0, p, s, chain, sc, gsc, den, zo, v0, c0, n):
+def vgauss_grads(typingctx, res, rp, rs, e, e0, a, a0, p, s, chain, q0, sc, gsc, den, zo, v0, c0, n):
     """Position and sigma gradients of one Gaussian tap along one axis, on 16 rows.
 
-    Per-row vectors are read at ``v0``: position ``p``, std ``s``, sigma chain factor ``chain``, tap scale ``sc``,
-    ``gsc = dL/dsc``, normaliser ``den`` and ``zo``, the product of the other axes' sums. With ``u_j = c0 + j - p``
+    Per-row vectors are read at ``q0``: position ``p``, std ``s``, sigma chain factor ``chain``, and at ``v0``: tap
+    scale ``sc``, ``gsc = dL/dsc``, normaliser ``den`` and ``zo``, the product of the other axes' sums. With ``u_j = c0 + j - p``
     and ``t_j = (sc * e[e0 + j*W] + coef) * a[a0 + j*W] * u_j``, ``coef = -gsc * sc / den * zo`` (the
     normaliser's share of dL/dA), writes ``res[rp:+W] = sum_j t_j / s^2`` (positions) and
     ``res[rs:+W] = chain * sum_j t_j u_j / s^3`` (sigma), ``j < n``.
     """
-    if not _check_arrays(res, e, a, p, s, chain, sc, gsc, den, zo):
+    if not _check_arrays(res, e, a, p, s, chain, sc, gsc, den, zo):  # noqa: SIM102
         return None
-    sig = types.void(res, rp, rs, e, e0, a, a0, p, s, chain, sc, gsc, den, zo, v0, c0, n)
+    sig = types.void(res, rp, rs, e, e0, a, a0, p, s, chain, q0, sc, gsc, den, zo, v0, c0, n)
 
     def codegen(context, builder, signature, args):
         aty = signature.args
-        (res_v, rp_v, rs_v, e_v, e0_v, a_v, a0_v, p_v, s_v, ch_v, sc_v, gsc_v, den_v, zo_v, v0_v, c0_v,
+        (res_v, rp_v, rs_v, e_v, e0_v, a_v, a0_v, p_v, s_v, ch_v, q0_v, sc_v, gsc_v, den_v, zo_v, v0_v, c0_v,
          n_v) = args
-        rp_v, rs_v, e0_v, a0_v, v0_v, n_v = (context.cast(builder, v, aty[i], types.int64) for v, i in
-                                             ((rp_v, 1), (rs_v, 2), (e0_v, 4), (a0_v, 6), (v0_v, 14), (n_v, 16)))
-        c0_v = context.cast(builder, c0_v, aty[15], types.float32)
+        rp_v, rs_v, e0_v, a0_v, q0_v, v0_v, n_v = (
+            context.cast(builder, v, aty[i], types.int64)
+            for v, i in ((rp_v, 1), (rs_v, 2), (e0_v, 4), (a0_v, 6), (q0_v, 10), (v0_v, 15), (n_v, 17)))
+        c0_v = context.cast(builder, c0_v, aty[16], types.float32)
         i64 = ir.IntType(64)
-        pos, std, chain_v, scale, gscale, denom, zother = (
-            _load_vec(context, builder, aty[i], v, v0_v)
-            for i, v in ((7, p_v), (8, s_v), (9, ch_v), (10, sc_v), (11, gsc_v), (12, den_v), (13, zo_v)))
+        pos, std, chain_v = (_load_vec(context, builder, aty[i], v, q0_v) for i, v in ((7, p_v), (8, s_v), (9, ch_v)))
+        scale, gscale, denom, zother = (_load_vec(context, builder, aty[i], v, v0_v)
+                                        for i, v in ((11, sc_v), (12, gsc_v), (13, den_v), (14, zo_v)))
         fm = lambda x, y: builder.fmul(x, y, flags=_FAST)  # noqa: E731
         shift = builder.fdiv(fm(fm(builder.fneg(gscale, flags=_FAST), scale), zother), denom, flags=_FAST)
         m1_ptr, m2_ptr, u_ptr = (cgutils.alloca_once(builder, _VEC) for _ in range(3))

@@ -102,14 +102,18 @@ def _threads() -> int:
     return want
 
 
-def _rows(t: torch.Tensor, full: tuple[int, ...], rows: tuple[int, ...]) -> np.ndarray:
-    """``t`` broadcast to ``full`` with the (out, in) axes merged into rows, as a numpy view (a copy only when
-    the strides cannot be merged, e.g. a sigma shared over input channels but not output channels)."""
+def _rows(t: torch.Tensor, full: tuple[int, ...], rows: tuple[int, int, int]) -> tuple[np.ndarray, tuple[int, ...]]:
+    """``t`` broadcast to ``full`` and seen as ``rows = [D, R, K]`` ((out, in) merged): its flat storage (a numpy
+    view) and element strides. A copy is made only when the strides cannot be merged (e.g. a sigma shared over
+    input channels but not output channels)."""
     t = t.detach().expand(full)
     try:
-        return t.view(rows).numpy()
+        v = t.view(rows)
     except RuntimeError:
-        return t.reshape(rows).numpy()
+        v = t.reshape(rows)
+    extent = 1 + sum((size - 1) * stride for size, stride in zip(v.shape, v.stride()))
+    flat = torch.as_strided(v, (extent,), (1,), v.storage_offset())
+    return flat.numpy(), tuple(v.stride())
 
 
 class _Args:
@@ -120,10 +124,12 @@ class _Args:
         self.shape4, self.rows, self.k = (self.ndim, o, i, k), o * i, k
         self.s0, self.s1 = span[0], (span[1] if self.ndim == 2 else 1)
         self.gauss = interpolation == "gauss"
-        self.w = _rows(weight, (o, i, k), (self.rows, k))
-        self.p = _rows(positions, self.shape4, (self.ndim, self.rows, k))
+        three = (self.ndim, self.rows, k)
+        self.w, sw = _rows(weight, (o, i, k), (1, self.rows, k))
+        self.p, sp = _rows(positions, self.shape4, three)
         # sigma broadcast with zero strides (no copy where strides allow); positions stand in for bilinear
-        self.s = _rows(sigma, self.shape4, (self.ndim, self.rows, k)) if self.gauss else self.p
+        self.s, ss = _rows(sigma, self.shape4, three) if self.gauss else (self.p, sp)
+        self.strides = np.array([sw, sp, ss], dtype=np.int64)
         lo, hi = bounds if bounds is not None else ((0.0,) * self.ndim, (0.0,) * self.ndim)
         self.lo, self.hi = np.asarray(lo, dtype=np.float32), np.asarray(hi, dtype=np.float32)
         self.bounded = bounds is not None
@@ -131,6 +137,9 @@ class _Args:
         self.tail = np.float32(_GAUSS_TAIL)
         blocks = -(-self.rows // _kernels().LANES)
         self.chunks = max(1, min(blocks, _CHUNKS_PER_THREAD * _threads()))
+
+    def taps(self):
+        return (self.w, self.p, self.s, self.strides, self.rows, self.k)
 
     def common(self):
         return (self.ndim, self.gauss, self.lo, self.hi, self.bounded, self.floor, self.tail, self.chunks)
@@ -155,7 +164,7 @@ def _forward_op(
               sigma_floor)
     out = torch.empty((a.rows, a.s0, a.s1), dtype=torch.float32)
     if a.rows and a.k:
-        _kernels().construct_forward(a.w, a.p, a.s, *a.common(), a.s0, a.s1, out.numpy().reshape(-1))
+        _kernels().construct_forward(*a.taps(), *a.common(), a.s0, a.s1, out.numpy().reshape(-1))
     else:
         out.zero_()
     return out.view(tuple(weight.shape[:2]) + span)
@@ -176,17 +185,17 @@ def _backward_op(
               sigma_floor)
     need_s = need_s and gauss
     f32 = dict(dtype=torch.float32)
-    dummy = torch.zeros((1, 1, 1), **f32)
-    gw = torch.empty((a.rows, a.k), **f32) if need_w else dummy[0]
-    gp = torch.empty((a.ndim, a.rows, a.k), **f32) if need_p else dummy
+    dummy = torch.zeros(1, **f32)
+    gw = torch.empty(a.rows * a.k, **f32) if need_w else dummy
+    gp = torch.empty(a.ndim * a.rows * a.k, **f32) if need_p else dummy
     s4 = (1,) * (4 - sigma.dim()) + tuple(sigma.shape) if need_s else None
     gs_full = need_s and not (s4[1] == 1 and s4[2] == 1)
-    gs = torch.empty((a.ndim, a.rows, a.k), **f32) if gs_full else dummy
-    gs_part = torch.zeros((a.chunks, a.ndim, a.k), **f32) if need_s and not gs_full else dummy
+    gs = torch.empty(a.ndim * a.rows * a.k, **f32) if gs_full else dummy
+    gs_part = torch.zeros(a.chunks * a.ndim * a.k, **f32) if need_s and not gs_full else dummy
     g = grad.detach().contiguous().view(-1)  # a copy only for non-contiguous gradients (e.g. of kernel.sum())
     if a.rows and a.k and (need_w or need_p or need_s):
         _kernels().construct_backward(
-            a.w, a.p, a.s, g.numpy(), *a.common(), a.s0, a.s1, need_w, need_p, need_s, gs_full,
+            *a.taps(), g.numpy(), *a.common(), a.s0, a.s1, need_w, need_p, need_s, gs_full,
             gw.numpy(), gp.numpy(), gs.numpy(), gs_part.numpy(),
         )
     else:
@@ -197,7 +206,7 @@ def _backward_op(
     grad_p = gp.view(a.shape4) if need_p else empty.clone()
     grad_s = empty.clone()
     if need_s:
-        full = gs.view(a.shape4) if gs_full else gs_part.sum(0).view(a.ndim, 1, 1, a.k)
+        full = gs.view(a.shape4) if gs_full else gs_part.view(a.chunks, a.ndim, a.k).sum(0).view(a.ndim, 1, 1, a.k)
         grad_s = full.sum_to_size(s4).reshape(sigma.shape)
     return grad_w, grad_p, grad_s
 
