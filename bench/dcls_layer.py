@@ -4,6 +4,9 @@ Run: ``python bench/dcls_layer.py`` (needs ``dcls==0.1.1``; about 3 minutes on 2
 Each implementation computes ``y = layer(x)`` and ``y.backward(gy)`` with ``x.requires_grad`` (a layer inside
 a network) and ``gy`` allocated once; gradients are reset to ``None`` between calls. Timings are medians over
 interleaved rounds. Target (issue 2): ours / dense-span <= 1.05 in every row.
+
+Backend: on CPU in float32 the construction runs in the fused numba kernels (``dclszoo.kernels.construct``; the
+warm-up call loads or compiles them); ``DCLSZOO_CONSTRUCT_BACKEND=torch`` measures the pure-torch twin instead.
 """
 
 from __future__ import annotations

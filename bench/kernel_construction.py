@@ -6,6 +6,9 @@ straight-through position clamp and ``|sigma|`` floor fused in: ``position_bound
 ``DclsConvNd.kernel()`` (the module's own call, whatever it does around the op), and ``dcls`` 0.1.1's construction ``layer.DCK(weight,
 P, SIG)``. The dense conv of the span has nothing to build: its forward+backward time is given as the yardstick.
 
+Backend: on CPU in float32 the construction runs in the fused numba kernels (``dclszoo.kernels.construct``; the
+warm-up call loads or compiles them); ``DCLSZOO_CONSTRUCT_BACKEND=torch`` measures the pure-torch twin instead.
+
 Protocol: parameter gradients are ``None`` before each call; ``k = build(); k.backward(g)`` with ``g`` allocated
 beforehand. Peak extra memory = peak bytes of tensor storages allocated during that call (``bench/_memory.py``,
 self-checked at start-up): it includes the output kernel itself (1x) and the parameter gradients, and is given

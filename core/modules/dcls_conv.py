@@ -180,7 +180,12 @@ class DclsConvNd(nn.Module):
 
     def kernel(self) -> torch.Tensor:
         """The dense kernel ``[O, I/g, *span]`` this module convolves with."""
-        return dcls_kernel(self.weight, self.effective_positions(), self.effective_sigma(), self.span, self.interpolation)
+        # The clamp and the |sigma| floor are fused into the op (same values and gradients as
+        # effective_positions() / effective_sigma(), without their parameter-sized temporaries).
+        return dcls_kernel(
+            self.weight, self.positions, self.sigma, self.span, self.interpolation,
+            position_bounds=self.position_bounds, sigma_floor=SIGMA_FLOOR if self.sigma is not None else None,
+        )
 
     # ----------------------------------------------------------------- forward
     def _check_input(self, x: torch.Tensor) -> None:
