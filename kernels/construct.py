@@ -153,9 +153,7 @@ def _bounds_pair(flat: list[float] | None, ndim: int):
     return None if flat is None else (tuple(flat[:ndim]), tuple(flat[ndim:]))
 
 
-# The numba calls are wrapped as custom ops so that torch.compile treats them as opaque (it cannot trace numba).
-@torch.library.custom_op("dclszoo::construct_forward_numba", mutates_args=())
-def _forward_op(
+def _forward_impl(
     weight: torch.Tensor, positions: torch.Tensor, sigma: torch.Tensor | None, span: list[int], gauss: bool,
     bounds: list[float] | None, sigma_floor: float | None,
 ) -> torch.Tensor:
@@ -170,13 +168,17 @@ def _forward_op(
     return out.view(tuple(weight.shape[:2]) + span)
 
 
+# The numba calls are also custom ops, which torch.compile treats as opaque (it cannot trace numba); eager calls
+# skip the dispatcher.
+_forward_op = torch.library.custom_op("dclszoo::construct_forward_numba", mutates_args=())(_forward_impl)
+
+
 @_forward_op.register_fake
 def _forward_fake(weight, positions, sigma, span, gauss, bounds, sigma_floor):
     return weight.new_empty(tuple(weight.shape[:2]) + tuple(span), dtype=torch.float32)
 
 
-@torch.library.custom_op("dclszoo::construct_backward_numba", mutates_args=())
-def _backward_op(
+def _backward_impl(
     grad: torch.Tensor, weight: torch.Tensor, positions: torch.Tensor, sigma: torch.Tensor | None, span: list[int],
     gauss: bool, bounds: list[float] | None, sigma_floor: float | None, need_w: bool, need_p: bool, need_s: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -211,12 +213,22 @@ def _backward_op(
     return grad_w, grad_p, grad_s
 
 
+_backward_op = torch.library.custom_op("dclszoo::construct_backward_numba", mutates_args=())(_backward_impl)
+
+
 @_backward_op.register_fake
 def _backward_fake(grad, weight, positions, sigma, span, gauss, bounds, sigma_floor, need_w, need_p, need_s):
     def like(t, need):
         return t.new_empty(t.shape if need else (0,), dtype=torch.float32)
 
     return like(weight, need_w), like(positions, need_p), like(sigma if sigma is not None else weight, need_s and gauss)
+
+
+def _plain(*tensors) -> bool:
+    """Eager call on ordinary tensors: the custom-op dispatcher can be skipped (not when compiling or tracing)."""
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return False
+    return all(t is None or type(t) is torch.Tensor for t in tensors)
 
 
 def construct_forward(
@@ -233,8 +245,9 @@ def construct_forward(
     Not differentiable by itself: ``dclszoo.functional.dcls_kernel`` pairs it with :func:`construct_backward`.
     """
     gauss = interpolation == "gauss"
-    return _forward_op(weight.detach(), positions.detach(), sigma.detach() if gauss else None, list(span), gauss,
-                       _bounds_list(bounds), sigma_floor)
+    args = (weight.detach(), positions.detach(), sigma.detach() if gauss else None)
+    op = _forward_impl if _plain(*args) else _forward_op
+    return op(*args, list(span), gauss, _bounds_list(bounds), sigma_floor)
 
 
 def construct_backward(
@@ -256,6 +269,7 @@ def construct_backward(
     gauss = interpolation == "gauss"
     need_w, need_p, need_s = (bool(x) for x in needs)
     need_s = need_s and gauss
-    gw, gp, gs = _backward_op(grad, weight.detach(), positions.detach(), sigma.detach() if gauss else None,
-                              list(span), gauss, _bounds_list(bounds), sigma_floor, need_w, need_p, need_s)
+    args = (grad, weight.detach(), positions.detach(), sigma.detach() if gauss else None)
+    op = _backward_impl if _plain(*args) else _backward_op
+    gw, gp, gs = op(*args, list(span), gauss, _bounds_list(bounds), sigma_floor, need_w, need_p, need_s)
     return (gw if need_w else None), (gp if need_p else None), (gs if need_s else None)
