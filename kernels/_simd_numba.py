@@ -83,11 +83,16 @@ def vgather(typingctx, dst, d0, src, s0, ss):
                             ((d0_v, 1), (s0_v, 3), (ss_v, 4)))
         data = context.make_array(aty[2])(context, builder, src_v).data
         i64, i32 = ir.IntType(64), ir.IntType(32)
-        vec = ir.Constant(_VEC, None)
-        for lane in range(WIDTH):
-            index = builder.add(s0_v, builder.mul(ir.Constant(i64, lane), ss_v))
-            vec = builder.insert_element(vec, builder.load(builder.gep(data, [index])), ir.Constant(i32, lane))
-        builder.store(vec, _vec_pointer(context, builder, aty[0], dst_v, d0_v), align=4)
+        out_ptr = _vec_pointer(context, builder, aty[0], dst_v, d0_v)
+        with builder.if_else(builder.icmp_signed("==", ss_v, ir.Constant(i64, 1))) as (contiguous, strided):
+            with contiguous:
+                builder.store(_load_vec(context, builder, aty[2], src_v, s0_v), out_ptr, align=4)
+            with strided:
+                vec = ir.Constant(_VEC, None)
+                for lane in range(WIDTH):
+                    index = builder.add(s0_v, builder.mul(ir.Constant(i64, lane), ss_v))
+                    vec = builder.insert_element(vec, builder.load(builder.gep(data, [index])), ir.Constant(i32, lane))
+                builder.store(vec, out_ptr, align=4)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -108,9 +113,13 @@ def vscatter(typingctx, dst, d0, ds, src, s0):
         vec = builder.load(_vec_pointer(context, builder, aty[3], src_v, s0_v), align=4)
         data = context.make_array(aty[0])(context, builder, dst_v).data
         i64, i32 = ir.IntType(64), ir.IntType(32)
-        for lane in range(WIDTH):
-            index = builder.add(d0_v, builder.mul(ir.Constant(i64, lane), ds_v))
-            builder.store(builder.extract_element(vec, ir.Constant(i32, lane)), builder.gep(data, [index]))
+        with builder.if_else(builder.icmp_signed("==", ds_v, ir.Constant(i64, 1))) as (contiguous, strided):
+            with contiguous:
+                builder.store(vec, _vec_pointer(context, builder, aty[0], dst_v, d0_v), align=4)
+            with strided:
+                for lane in range(WIDTH):
+                    index = builder.add(d0_v, builder.mul(ir.Constant(i64, lane), ds_v))
+                    builder.store(builder.extract_element(vec, ir.Constant(i32, lane)), builder.gep(data, [index]))
         return context.get_dummy_value()
 
     return sig, codegen
