@@ -22,7 +22,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._simd_numba import WIDTH, vclamp, vdot, vfloor_sigma, vgather, vgauss_grads, vgauss_profile, vscatter, vtranspose
+from ._gauss_simd_numba import vgauss_grads, vgauss_profile
+from ._simd_numba import WIDTH, vclamp, vdot, vfloor_sigma, vgather, vscatter, vtranspose
 
 LANES = WIDTH  # rows per block
 

@@ -5,6 +5,8 @@ unrolls a loop of constant trip count 16 and then cannot reorder the loads and s
 which might alias. These intrinsics emit the vector loads, arithmetic and stores directly. Arrays are 1-D
 C-contiguous float32 (flat views of the kernels' scratch arrays); indices are element offsets, and every vector
 is ``WIDTH`` consecutive elements starting there (no bounds checks: callers guarantee them).
+The Gaussian-specific operations (vector ``exp``, profile and gradient moments) live in
+:mod:`dclszoo.kernels._gauss_simd_numba`.
 
 The kernels using these are cached on disk by numba, keyed on their own file: after editing this file, touch
 ``_construct_numba.py`` (or delete its ``__pycache__/*.nb*``) so that they are recompiled.
@@ -232,117 +234,5 @@ def _broadcast(builder, scalar):
     return builder.shuffle_vector(vec, vec, ir.Constant(_I32VEC, [0] * WIDTH))
 
 
-@intrinsic
-def vgauss_grads(typingctx, res, rp, rs, e, e0, a, a0, p, s, chain, q0, sc, gsc, den, zo, v0, c0, n):
-    """Position and sigma gradients of one Gaussian tap along one axis, on 16 rows.
-
-    Per-row vectors are read at ``q0``: position ``p``, std ``s``, sigma chain factor ``chain``, and at ``v0``: tap
-    scale ``sc``, ``gsc = dL/dsc``, normaliser ``den`` and ``zo``, the product of the other axes' sums. With ``u_j = c0 + j - p``
-    and ``t_j = (sc * e[e0 + j*W] + coef) * a[a0 + j*W] * u_j``, ``coef = -gsc * sc / den * zo`` (the
-    normaliser's share of dL/dA), writes ``res[rp:+W] = sum_j t_j / s^2`` (positions) and
-    ``res[rs:+W] = chain * sum_j t_j u_j / s^3`` (sigma), ``j < n``.
-    """
-    if not _check_arrays(res, e, a, p, s, chain, sc, gsc, den, zo):  # noqa: SIM102
-        return None
-    sig = types.void(res, rp, rs, e, e0, a, a0, p, s, chain, q0, sc, gsc, den, zo, v0, c0, n)
-
-    def codegen(context, builder, signature, args):
-        aty = signature.args
-        (res_v, rp_v, rs_v, e_v, e0_v, a_v, a0_v, p_v, s_v, ch_v, q0_v, sc_v, gsc_v, den_v, zo_v, v0_v, c0_v,
-         n_v) = args
-        rp_v, rs_v, e0_v, a0_v, q0_v, v0_v, n_v = (
-            context.cast(builder, v, aty[i], types.int64)
-            for v, i in ((rp_v, 1), (rs_v, 2), (e0_v, 4), (a0_v, 6), (q0_v, 10), (v0_v, 15), (n_v, 17)))
-        c0_v = context.cast(builder, c0_v, aty[16], types.float32)
-        i64 = ir.IntType(64)
-        pos, std, chain_v = (_load_vec(context, builder, aty[i], v, q0_v) for i, v in ((7, p_v), (8, s_v), (9, ch_v)))
-        scale, gscale, denom, zother = (_load_vec(context, builder, aty[i], v, v0_v)
-                                        for i, v in ((11, sc_v), (12, gsc_v), (13, den_v), (14, zo_v)))
-        fm = lambda x, y: builder.fmul(x, y, flags=_FAST)  # noqa: E731
-        shift = builder.fdiv(fm(fm(builder.fneg(gscale, flags=_FAST), scale), zother), denom, flags=_FAST)
-        m1_ptr, m2_ptr, u_ptr = (cgutils.alloca_once(builder, _VEC) for _ in range(3))
-        builder.store(_splat(0.0), m1_ptr)
-        builder.store(_splat(0.0), m2_ptr)
-        builder.store(builder.fsub(_broadcast(builder, c0_v), pos, flags=_FAST), u_ptr)
-        with cgutils.for_range(builder, n_v, intp=i64) as loop:
-            step = builder.mul(loop.index, ir.Constant(i64, WIDTH))
-            ev = _load_vec(context, builder, aty[3], e_v, builder.add(e0_v, step))
-            av = _load_vec(context, builder, aty[5], a_v, builder.add(a0_v, step))
-            u = builder.load(u_ptr)
-            tv = fm(fm(builder.fadd(fm(scale, ev), shift, flags=_FAST), av), u)
-            builder.store(builder.fadd(builder.load(m1_ptr), tv, flags=_FAST), m1_ptr)
-            builder.store(builder.fadd(builder.load(m2_ptr), fm(tv, u), flags=_FAST), m2_ptr)
-            builder.store(builder.fadd(u, _splat(1.0), flags=_FAST), u_ptr)
-        inv2 = builder.fdiv(_splat(1.0), fm(std, std), flags=_FAST)
-        gpos = fm(builder.load(m1_ptr), inv2)
-        gsig = builder.fdiv(fm(fm(builder.load(m2_ptr), inv2), chain_v), std, flags=_FAST)
-        builder.store(gpos, _vec_pointer(context, builder, aty[0], res_v, rp_v), align=4)
-        builder.store(gsig, _vec_pointer(context, builder, aty[0], res_v, rs_v), align=4)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-_LOG2E = 1.4426950408889634
-# Taylor coefficients of 2^f = exp(f ln 2), |f| <= 1/2 (truncation error below 1.2e-7 relative at degree 6)
-_EXP2_POLY = (1.0, 0.6931471805599453, 0.2402265069591007, 0.05550410866482158, 0.009618129107628477,
-              0.0013333558146428443, 0.00015403530393381606)
-
-
 def _splat(value: float):
     return ir.Constant(_VEC, [float(value)] * WIDTH)
-
-
-def _exp2(builder, t):
-    """``2**t`` for a float vector ``t >= -126``: ``t = n + f``, ``n`` the nearest integer, a polynomial for
-    ``2**f`` and the exponent bits for ``2**n``."""
-    rint = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC]), f"llvm.rint.v{WIDTH}f32")
-    n = builder.call(rint, [t])
-    f = builder.fsub(t, n, flags=_FAST)
-    poly = _splat(_EXP2_POLY[-1])
-    for c in reversed(_EXP2_POLY[:-1]):
-        poly = builder.fadd(builder.fmul(poly, f, flags=_FAST), _splat(c), flags=_FAST)
-    bits = builder.add(builder.fptosi(n, _I32VEC), ir.Constant(_I32VEC, [127] * WIDTH))
-    bits = builder.shl(bits, ir.Constant(_I32VEC, [23] * WIDTH))
-    return builder.fmul(poly, builder.bitcast(bits, _VEC), flags=_FAST)
-
-
-@intrinsic
-def vgauss_profile(typingctx, a, a0, z, z0, p, sg, v0, c0, n, tail):
-    """Gaussian profile of one tap on 16 rows: with ``u_j = c0 + j - p[v0:+W]`` and ``s = sg[v0:+W]``, writes
-    ``a[a0 + j*W : +W] = exp(-u_j^2 / (2 s^2))`` (0 where the exponent is below ``-tail``) for ``j < n`` and
-    their sum into ``z[z0:+W]``."""
-    if not _check_arrays(a, z, p, sg):
-        return None
-    sig = types.void(a, a0, z, z0, p, sg, v0, c0, n, tail)
-
-    def codegen(context, builder, signature, args):
-        aty = signature.args
-        a_v, a0_v, z_v, z0_v, p_v, sg_v, v0_v, c0_v, n_v, tail_v = args
-        a0_v, z0_v, v0_v, n_v = (context.cast(builder, v, aty[i], types.int64) for v, i in
-                                 ((a0_v, 1), (z0_v, 3), (v0_v, 6), (n_v, 8)))
-        c0_v = context.cast(builder, c0_v, aty[7], types.float32)
-        tail_v = context.cast(builder, tail_v, aty[9], types.float32)
-        i64 = ir.IntType(64)
-        pos = builder.load(_vec_pointer(context, builder, aty[4], p_v, v0_v), align=4)
-        std = builder.load(_vec_pointer(context, builder, aty[5], sg_v, v0_v), align=4)
-        coef = builder.fdiv(_splat(-0.5 * _LOG2E), builder.fmul(std, std, flags=_FAST), flags=_FAST)
-        limit = builder.fmul(_broadcast(builder, tail_v), _splat(-_LOG2E), flags=_FAST)
-        start = _broadcast(builder, c0_v)
-        u_ptr, z_ptr = cgutils.alloca_once(builder, _VEC), cgutils.alloca_once(builder, _VEC)
-        builder.store(builder.fsub(start, pos, flags=_FAST), u_ptr)
-        builder.store(_splat(0.0), z_ptr)
-        with cgutils.for_range(builder, n_v, intp=i64) as loop:
-            u = builder.load(u_ptr)
-            t = builder.fmul(builder.fmul(u, u, flags=_FAST), coef, flags=_FAST)  # exponent in base 2
-            keep = builder.fcmp_ordered(">", t, limit, flags=_FAST)
-            value = _exp2(builder, builder.select(keep, t, _splat(-64.0)))  # no denormals
-            value = builder.select(keep, value, _splat(0.0))
-            index = builder.add(a0_v, builder.mul(loop.index, ir.Constant(i64, WIDTH)))
-            builder.store(value, _vec_pointer(context, builder, aty[0], a_v, index), align=4)
-            builder.store(builder.fadd(builder.load(z_ptr), value, flags=_FAST), z_ptr)
-            builder.store(builder.fadd(u, _splat(1.0), flags=_FAST), u_ptr)
-        builder.store(builder.load(z_ptr), _vec_pointer(context, builder, aty[2], z_v, z0_v), align=4)
-        return context.get_dummy_value()
-
-    return sig, codegen
