@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from ._gauss_simd_numba import vgauss_grads, vgauss_profile
-from ._simd_numba import WIDTH, vclamp, vdot, vfloor_sigma, vgather, vscatter, vtranspose
+from ._simd_numba import WIDTH, vclamp, vcopy, vdot, vfloor_sigma, vgather, vscatter, vtranspose
 
 LANES = WIDTH  # rows per block
 
@@ -36,7 +36,25 @@ _INNER = dict(fastmath=True, nogil=True, inline="always", error_model="numpy")
 
 
 @njit(**_INNER)
-def _load_params(w, p, s, st, r0, rows, k_taps, ndim, gauss, lo, hi, bounded, floor, wl, pl, sl, chain):
+def _tap_rows_in(src, base, k_taps, tmp, dst, d0):  # pragma: no cover - jitted
+    """The block's 16 contiguous rows of ``K <= 16`` taps, ``src[base : base + 16 K]``, lane-major into
+    ``dst[d0 : d0 + K L]`` through one 16 x 16 transpose (``tmp``: 512 floats of scratch)."""
+    vcopy(tmp, 0, src, base, k_taps)
+    vtranspose(tmp, 0, k_taps, tmp, LANES * LANES, LANES)
+    vcopy(dst, d0, tmp, LANES * LANES, k_taps)
+
+
+@njit(**_INNER)
+def _tap_rows_out(src, s0, k_taps, tmp, dst, base):  # pragma: no cover - jitted
+    """Inverse of :func:`_tap_rows_in`: lane-major ``src[s0 : s0 + K L]`` into the 16 contiguous rows
+    ``dst[base : base + 16 K]``."""
+    vcopy(tmp, 0, src, s0, k_taps)
+    vtranspose(tmp, 0, LANES, tmp, LANES * LANES, k_taps)  # rows in order: each overwrites the last one's excess
+    vcopy(dst, base, tmp, LANES * LANES, k_taps)
+
+
+@njit(**_INNER)
+def _load_params(w, p, s, st, r0, rows, k_taps, ndim, gauss, lo, hi, bounded, floor, wl, pl, sl, chain, tmp):
     # pragma: no cover - jitted
     """Block parameters, lane-major: weights ``wl [K, L]``, clamped positions ``pl [D, K, L]``, effective std
     ``sl [D, K, L]`` and the sigma chain factor ``chain [D, K, L]`` (lanes past the last row repeat it).
@@ -44,13 +62,22 @@ def _load_params(w, p, s, st, r0, rows, k_taps, ndim, gauss, lo, hi, bounded, fl
     ``w``, ``p`` and ``s`` are flat storage; element ``(d, row, k)`` of each is at ``d * st[j, 0] + row * st[j, 1]
     + k * st[j, 2]`` with ``j`` = 0, 1, 2 for ``w``, ``p``, ``s`` (zero strides for broadcast sigma).
     """
-    if r0 + LANES <= rows:
-        for k in range(k_taps):
-            vgather(wl, k * LANES, w, r0 * st[0, 1] + k * st[0, 2], st[0, 1])
-        for d in range(ndim):
+    if r0 + LANES <= rows:  # rows of contiguous taps (K <= 16): transposed; otherwise gathered
+        if st[0, 2] == 1 and st[0, 1] == k_taps and 1 < k_taps <= LANES:
+            _tap_rows_in(w, r0 * k_taps, k_taps, tmp, wl, 0)
+        else:
             for k in range(k_taps):
-                vgather(pl, (d * k_taps + k) * LANES, p, d * st[1, 0] + r0 * st[1, 1] + k * st[1, 2], st[1, 1])
-                if gauss:
+                vgather(wl, k * LANES, w, r0 * st[0, 1] + k * st[0, 2], st[0, 1])
+        for d in range(ndim):
+            if st[1, 2] == 1 and st[1, 1] == k_taps and 1 < k_taps <= LANES:
+                _tap_rows_in(p, d * st[1, 0] + r0 * k_taps, k_taps, tmp, pl, d * k_taps * LANES)
+            else:
+                for k in range(k_taps):
+                    vgather(pl, (d * k_taps + k) * LANES, p, d * st[1, 0] + r0 * st[1, 1] + k * st[1, 2], st[1, 1])
+            if gauss and st[2, 2] == 1 and st[2, 1] == k_taps and 1 < k_taps <= LANES:
+                _tap_rows_in(s, d * st[2, 0] + r0 * k_taps, k_taps, tmp, sl, d * k_taps * LANES)
+            elif gauss:
+                for k in range(k_taps):
                     vgather(sl, (d * k_taps + k) * LANES, s, d * st[2, 0] + r0 * st[2, 1] + k * st[2, 2], st[2, 1])
     else:
         for lane in range(LANES):
@@ -169,10 +196,11 @@ def construct_forward(w, p, s, st, rows, k_taps, ndim, gauss, lo, hi, bounded, f
     for chunk in prange(n_chunks):
         wl, pl, sl, chain, a0, a1, z0, z1, sc, den = _scratch(k_taps, s0, s1)
         bk = np.empty(n * s0, dtype=np.float32)
+        tmp = np.empty(2 * LANES * LANES, dtype=np.float32)
         acc = np.empty(m * LANES, dtype=np.float32)
         for block in range(chunk * per, min(n_blocks, (chunk + 1) * per)):
             r0 = block * LANES
-            _load_params(w, p, s, st, r0, rows, k_taps, ndim, gauss, lo, hi, bounded, floor, wl, pl, sl, chain)
+            _load_params(w, p, s, st, r0, rows, k_taps, ndim, gauss, lo, hi, bounded, floor, wl, pl, sl, chain, tmp)
             _profiles(ndim, gauss, k_taps, s0, s1, pl, sl, tail, a0, a1, z0, z1)
             _scale(gauss, n, wl, z0, z1, sc, den)
             if ndim == 1:  # acc[x] = sum_k sc[k] a0[k, x]
@@ -208,6 +236,7 @@ def construct_backward(
     for chunk in prange(n_chunks):
         wl, pl, sl, chain, a0, a1, z0, z1, sc, den = _scratch(k_taps, s0, s1)
         glf = np.empty(m * LANES, dtype=np.float32)
+        tmp = np.empty(2 * LANES * LANES, dtype=np.float32)
         e0 = np.empty(n * s0, dtype=np.float32)
         e1 = np.empty(n * s1, dtype=np.float32)
         gsc = np.empty(n, dtype=np.float32)
@@ -215,7 +244,7 @@ def construct_backward(
         for block in range(chunk * per, min(n_blocks, (chunk + 1) * per)):
             r0 = block * LANES
             valid = min(LANES, rows - r0)
-            _load_params(w, p, s, st, r0, rows, k_taps, ndim, gauss, lo, hi, bounded, floor, wl, pl, sl, chain)
+            _load_params(w, p, s, st, r0, rows, k_taps, ndim, gauss, lo, hi, bounded, floor, wl, pl, sl, chain, tmp)
             _profiles(ndim, gauss, k_taps, s0, s1, pl, sl, tail, a0, a1, z0, z1)
             _scale(gauss, n, wl, z0, z1, sc, den)
             _load_rows(g, r0, valid, m, glf)
@@ -241,7 +270,7 @@ def construct_backward(
                 for j in range(n):
                     wl[j] = gsc[j] / den[j]  # wl is free now: the weight gradient, lane-major
             _write_grads(r0, valid, rows, k_taps, ndim, chunk, need_w, need_p, need_s, gs_full, wl, res,
-                         gw, gp, gs, gs_part)
+                         gw, gp, gs, gs_part, tmp)
 
 
 @njit(**_INNER)
@@ -281,10 +310,22 @@ def _tap_grads(ndim, gauss, k_taps, s0, s1, pl, sl, chain, a0, a1, e0, e1, e_tap
 
 @njit(**_INNER)
 def _write_grads(r0, valid, rows, k_taps, ndim, chunk, need_w, need_p, need_s, gs_full, gwl, res, gw, gp, gs,
-                 gs_part):  # pragma: no cover - jitted
+                 gs_part, tmp):  # pragma: no cover - jitted
     """The block's gradients from lane-major ``[.., K, L]`` into the flat row-major outputs."""
     n = k_taps * LANES
     full = valid == LANES
+    if full and 1 < k_taps <= LANES:  # 16 rows of contiguous taps: transposed
+        base = r0 * k_taps
+        if need_w:
+            _tap_rows_out(gwl, 0, k_taps, tmp, gw, base)
+        for d in range(ndim):
+            if need_p:
+                _tap_rows_out(res, d * n, k_taps, tmp, gp, d * rows * k_taps + base)
+            if need_s and gs_full:
+                _tap_rows_out(res, 2 * n + d * n, k_taps, tmp, gs, d * rows * k_taps + base)
+        if not (need_s and not gs_full):
+            return
+        need_w, need_p, gs_full = False, False, False  # only the per-chunk sigma sums are left
     for k in range(k_taps):
         if need_w:
             if full:

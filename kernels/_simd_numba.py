@@ -72,6 +72,27 @@ def vdot(typingctx, dst, d0, add, x, x0, xs, y, y0, ys, n):
 
 
 @intrinsic
+def vcopy(typingctx, dst, d0, src, s0, n):
+    """``dst[d0 + j] = src[s0 + j]`` for ``j < n * W`` (``n`` whole vectors, ascending)."""
+    if not _check_arrays(dst, src):
+        return None
+    sig = types.void(dst, d0, src, s0, n)
+
+    def codegen(context, builder, signature, args):
+        aty = signature.args
+        dst_v, d0_v, src_v, s0_v, n_v = args
+        d0_v, s0_v, n_v = (context.cast(builder, v, aty[i], types.int64) for v, i in ((d0_v, 1), (s0_v, 3), (n_v, 4)))
+        i64 = ir.IntType(64)
+        with cgutils.for_range(builder, n_v, intp=i64) as loop:
+            step = builder.mul(loop.index, ir.Constant(i64, WIDTH))
+            vec = _load_vec(context, builder, aty[2], src_v, builder.add(s0_v, step))
+            builder.store(vec, _vec_pointer(context, builder, aty[0], dst_v, builder.add(d0_v, step)), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
 def vgather(typingctx, dst, d0, src, s0, ss):
     """``dst[d0 + lane] = src[s0 + lane * ss]`` for ``lane < W`` (a strided load into one vector)."""
     if not _check_arrays(dst, src):
