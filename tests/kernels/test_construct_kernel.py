@@ -108,6 +108,8 @@ CASES = [
     (5, 7, 2, (7, 3)),  # non-square, 35 rows
     (33, 1, 5, (5, 5)),  # depthwise-like
     (2, 3, 2, (1, 4)),  # an axis of size 1
+    (16, 3, 16, (3, 3)),  # 16 taps: the widest rows loaded and stored through 16 x 16 transposes
+    (2, 17, 17, (3,)),  # 17 taps: gathered and scattered lane by lane
 ]
 
 
