@@ -35,11 +35,60 @@ def _exp2(builder, t):
     return builder.fmul(poly, builder.bitcast(bits, _VEC), flags=_FAST)
 
 
+_SAFE = 120.0  # recurrence only where every factor stays within 2**+-120 (float32 normals: 2**+-126)
+
+
+def _profile_direct(context, builder, aty, a_v, a0_v, z_ptr, u0, coef, limit, n_v):
+    """One ``exp`` per grid point: ``a[a0 + j*W] = 2**(coef u_j^2)`` (0 below ``2**limit``), sums into ``z_ptr``."""
+    i64 = ir.IntType(64)
+    u_ptr = cgutils.alloca_once(builder, _VEC)
+    builder.store(u0, u_ptr)
+    with cgutils.for_range(builder, n_v, intp=i64) as loop:
+        u = builder.load(u_ptr)
+        t = builder.fmul(builder.fmul(u, u, flags=_FAST), coef, flags=_FAST)  # exponent in base 2
+        keep = builder.fcmp_ordered(">", t, limit, flags=_FAST)
+        value = _exp2(builder, builder.select(keep, t, _splat(-64.0)))  # no denormals
+        value = builder.select(keep, value, _splat(0.0))
+        index = builder.add(a0_v, builder.mul(loop.index, ir.Constant(i64, WIDTH)))
+        builder.store(value, _vec_pointer(context, builder, aty[0], a_v, index), align=4)
+        builder.store(builder.fadd(builder.load(z_ptr), value, flags=_FAST), z_ptr)
+        builder.store(builder.fadd(u, _splat(1.0), flags=_FAST), u_ptr)
+
+
+def _profile_walk(context, builder, aty, a_v, a0_v, z_ptr, start, value, ratio, q2, threshold, count, step):
+    """From the grid point ``start`` (its value already stored and summed), ``count`` points in direction
+    ``step`` (+-1): ``value *= ratio; ratio *= q2``, stored as 0 below ``threshold``; values and ratios below
+    ``2**-SAFE`` are flushed to 0 (they only decrease from there: no denormals)."""
+    i64 = ir.IntType(64)
+    tiny = _splat(2.0 ** -_SAFE)
+    v_ptr, r_ptr = cgutils.alloca_once(builder, _VEC), cgutils.alloca_once(builder, _VEC)
+    builder.store(value, v_ptr)
+    builder.store(ratio, r_ptr)
+    with cgutils.for_range(builder, count, intp=i64) as loop:
+        r = builder.load(r_ptr)
+        v = builder.fmul(builder.load(v_ptr), r, flags=_FAST)
+        v = builder.select(builder.fcmp_ordered("<", v, tiny), _splat(0.0), v)
+        r = builder.fmul(r, q2, flags=_FAST)
+        builder.store(builder.select(builder.fcmp_ordered("<", r, tiny), _splat(0.0), r), r_ptr)
+        builder.store(v, v_ptr)
+        out = builder.select(builder.fcmp_ordered(">", v, threshold), v, _splat(0.0))
+        j = builder.add(start, builder.mul(builder.add(loop.index, ir.Constant(i64, 1)), ir.Constant(i64, step)))
+        index = builder.add(a0_v, builder.mul(j, ir.Constant(i64, WIDTH)))
+        builder.store(out, _vec_pointer(context, builder, aty[0], a_v, index), align=4)
+        builder.store(builder.fadd(builder.load(z_ptr), out, flags=_FAST), z_ptr)
+
+
 @intrinsic
 def vgauss_profile(typingctx, a, a0, z, z0, p, sg, v0, c0, n, tail):
     """Gaussian profile of one tap on 16 rows: with ``u_j = c0 + j - p[v0:+W]`` and ``s = sg[v0:+W]``, writes
     ``a[a0 + j*W : +W] = exp(-u_j^2 / (2 s^2))`` (0 where the exponent is below ``-tail``) for ``j < n`` and
-    their sum into ``z[z0:+W]``."""
+    their sum into ``z[z0:+W]``.
+
+    Where every factor stays in range (all lanes: not too small a ``s`` for the distance of the peak from the
+    middle point), three ``exp`` and a recurrence: from the middle point ``m`` outwards,
+    ``phi(u+-1) = phi(u) * r``, ``r *= q`` with ``r = exp2(coef (1 +- 2u))``, ``q = exp2(2 coef)``; otherwise one
+    ``exp`` per point.
+    """
     if not _check_arrays(a, z, p, sg):
         return None
     sig = types.void(a, a0, z, z0, p, sg, v0, c0, n, tail)
@@ -52,24 +101,43 @@ def vgauss_profile(typingctx, a, a0, z, z0, p, sg, v0, c0, n, tail):
         c0_v = context.cast(builder, c0_v, aty[7], types.float32)
         tail_v = context.cast(builder, tail_v, aty[9], types.float32)
         i64 = ir.IntType(64)
+        fm = lambda x, y: builder.fmul(x, y, flags=_FAST)  # noqa: E731
         pos = builder.load(_vec_pointer(context, builder, aty[4], p_v, v0_v), align=4)
         std = builder.load(_vec_pointer(context, builder, aty[5], sg_v, v0_v), align=4)
-        coef = builder.fdiv(_splat(-0.5 * _LOG2E), builder.fmul(std, std, flags=_FAST), flags=_FAST)
-        limit = builder.fmul(_broadcast(builder, tail_v), _splat(-_LOG2E), flags=_FAST)
-        start = _broadcast(builder, c0_v)
-        u_ptr, z_ptr = cgutils.alloca_once(builder, _VEC), cgutils.alloca_once(builder, _VEC)
-        builder.store(builder.fsub(start, pos, flags=_FAST), u_ptr)
+        coef = builder.fdiv(_splat(-0.5 * _LOG2E), fm(std, std), flags=_FAST)
+        limit = fm(_broadcast(builder, tail_v), _splat(-_LOG2E))
+        z_ptr = cgutils.alloca_once(builder, _VEC)
         builder.store(_splat(0.0), z_ptr)
-        with cgutils.for_range(builder, n_v, intp=i64) as loop:
-            u = builder.load(u_ptr)
-            t = builder.fmul(builder.fmul(u, u, flags=_FAST), coef, flags=_FAST)  # exponent in base 2
-            keep = builder.fcmp_ordered(">", t, limit, flags=_FAST)
-            value = _exp2(builder, builder.select(keep, t, _splat(-64.0)))  # no denormals
-            value = builder.select(keep, value, _splat(0.0))
-            index = builder.add(a0_v, builder.mul(loop.index, ir.Constant(i64, WIDTH)))
-            builder.store(value, _vec_pointer(context, builder, aty[0], a_v, index), align=4)
-            builder.store(builder.fadd(builder.load(z_ptr), value, flags=_FAST), z_ptr)
-            builder.store(builder.fadd(u, _splat(1.0), flags=_FAST), u_ptr)
+        mid = builder.ashr(n_v, ir.Constant(i64, 1))
+        um = builder.fsub(builder.fadd(_broadcast(builder, c0_v), _broadcast(builder, builder.sitofp(mid, ir.FloatType())),
+                                       flags=_FAST), pos, flags=_FAST)
+        t_mid = fm(fm(um, um), coef)
+        t_up = fm(coef, builder.fadd(fm(um, _splat(2.0)), _splat(1.0), flags=_FAST))
+        t_down = fm(coef, builder.fsub(_splat(1.0), fm(um, _splat(2.0)), flags=_FAST))
+        t_q = fm(coef, _splat(2.0))
+        ok = builder.and_(builder.fcmp_ordered(">=", t_mid, _splat(-_SAFE)), builder.fcmp_ordered(">=", t_q, _splat(-_SAFE)))
+        ok = builder.and_(ok, builder.fcmp_ordered("<=", t_up, _splat(_SAFE)))
+        ok = builder.and_(ok, builder.fcmp_ordered("<=", t_down, _splat(_SAFE)))
+        all_ok = builder.icmp_unsigned("==", builder.bitcast(ok, ir.IntType(WIDTH)), ir.Constant(ir.IntType(WIDTH), -1))
+        with builder.if_else(all_ok) as (walk, direct):
+            with walk:
+                keep = builder.fcmp_ordered(">", t_mid, limit)
+                first = builder.select(keep, _exp2(builder, t_mid), _splat(0.0))
+                value = _exp2(builder, t_mid)
+                threshold = _exp2(builder, limit)
+                q2 = _exp2(builder, t_q)
+                index = builder.add(a0_v, builder.mul(mid, ir.Constant(i64, WIDTH)))
+                builder.store(first, _vec_pointer(context, builder, aty[0], a_v, index), align=4)
+                builder.store(first, z_ptr)
+                up = builder.sub(builder.sub(n_v, mid), ir.Constant(i64, 1))
+                for ratio, count, step in ((t_up, up, 1), (t_down, mid, -1)):
+                    # a ratio below 2**-100 (clamped there: only larger) takes the next value below the threshold
+                    ratio = builder.select(builder.fcmp_ordered("<", ratio, _splat(-100.0)), _splat(-100.0), ratio)
+                    _profile_walk(context, builder, aty, a_v, a0_v, z_ptr, mid, value, _exp2(builder, ratio), q2,
+                                  threshold, count, step)
+            with direct:
+                _profile_direct(context, builder, aty, a_v, a0_v, z_ptr, builder.fsub(_broadcast(builder, c0_v), pos,
+                                flags=_FAST), coef, limit, n_v)
         builder.store(builder.load(z_ptr), _vec_pointer(context, builder, aty[2], z_v, z0_v), align=4)
         return context.get_dummy_value()
 

@@ -120,6 +120,15 @@ def test_matches_formula(o, i, k, span, interpolation, monkeypatch):
     _check(w, p, s, span, interpolation, monkeypatch=monkeypatch)
 
 
+@pytest.mark.parametrize("sigma_range", [(0.1, 0.35), (0.3, 4.0)])
+@pytest.mark.parametrize("span", [(25,), (7, 7), (6, 9)])
+def test_narrow_and_wide_gaussians(sigma_range, span, monkeypatch):
+    """Narrow Gaussians far from the span's middle (profile values that underflow, blocks where the profile
+    recurrence is not safe and one exp per point is used) and wide ones (values near 1 all over the span)."""
+    w, p, s = _taps(40, 3, 2, span, seed=5, sigma_range=sigma_range)
+    _check(w, p, s, span, "gauss", monkeypatch=monkeypatch)
+
+
 @pytest.mark.parametrize("sigma_kind", SIGMA_SHAPES)
 @pytest.mark.parametrize("span", [(7,), (5, 6)])
 def test_broadcast_sigma(sigma_kind, span, monkeypatch):
