@@ -72,6 +72,38 @@ def vdot(typingctx, dst, d0, add, x, x0, xs, y, y0, ys, n):
 
 
 @intrinsic
+def vdot4(typingctx, dst, d0, dc, x, x0, xs, y, y0, ys, yc, n):
+    """Four :func:`vdot` columns sharing ``x``: ``dst[d0 + c*dc : +W] = sum_{j<n} x[x0 + j*xs : +W] *
+    y[y0 + j*ys + c*yc : +W]`` for ``c < 4`` (each ``x`` vector loaded once; four sums in registers)."""
+    if not _check_arrays(dst, x, y):
+        return None
+    sig = types.void(dst, d0, dc, x, x0, xs, y, y0, ys, yc, n)
+
+    def codegen(context, builder, signature, args):
+        aty = signature.args
+        dst_v, x_v, y_v = args[0], args[3], args[6]
+        d0_v, dc_v, x0_v, xs_v, y0_v, ys_v, yc_v, n_v = (
+            context.cast(builder, args[i], aty[i], types.int64) for i in (1, 2, 4, 5, 7, 8, 9, 10))
+        i64 = ir.IntType(64)
+        accs = [cgutils.alloca_once(builder, _VEC) for _ in range(4)]
+        for acc in accs:
+            builder.store(ir.Constant(_VEC, [0.0] * WIDTH), acc)
+        with cgutils.for_range(builder, n_v, intp=i64) as loop:
+            j = loop.index
+            vx = _load_vec(context, builder, aty[3], x_v, builder.add(x0_v, builder.mul(j, xs_v)))
+            yj = builder.add(y0_v, builder.mul(j, ys_v))
+            for c, acc in enumerate(accs):
+                vy = _load_vec(context, builder, aty[6], y_v, builder.add(yj, builder.mul(ir.Constant(i64, c), yc_v)))
+                builder.store(builder.fadd(builder.load(acc), builder.fmul(vx, vy, flags=_FAST), flags=_FAST), acc)
+        for c, acc in enumerate(accs):
+            index = builder.add(d0_v, builder.mul(ir.Constant(i64, c), dc_v))
+            builder.store(builder.load(acc), _vec_pointer(context, builder, aty[0], dst_v, index), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
 def vcopy(typingctx, dst, d0, src, s0, n):
     """``dst[d0 + j] = src[s0 + j]`` for ``j < n * W`` (``n`` whole vectors, ascending)."""
     if not _check_arrays(dst, src):
