@@ -185,12 +185,21 @@ def _load_rows(g, r0, valid, m, glf):  # pragma: no cover - jitted
                 glf[j * LANES + lane] = g[(r0 + lane) * m + j]
 
 
+@njit(**_INNER)
+def _buf(size, fill):  # pragma: no cover - jitted
+    """Scratch of ``size`` floats filled with ``fill``, starting on a 64-byte boundary (numba's arrays are only
+    32-byte aligned: every other 16-wide vector access would then straddle two cache lines)."""
+    raw = np.empty(size + LANES, dtype=np.float32)
+    skip = (-(raw.ctypes.data // 4)) % LANES
+    out = raw[skip: skip + size]
+    out[:] = fill
+    return out
+
+
 def _scratch(k_taps, s0, s1):  # pragma: no cover - inlined by numba as a plain function call
-    f32 = np.float32
     n = k_taps * LANES
-    return (np.empty(n, f32), np.zeros(2 * n, f32), np.ones(2 * n, f32), np.ones(2 * n, f32),
-            np.empty(n * s0, f32), np.ones(n * s1, f32), np.empty(n, f32), np.ones(n, f32), np.empty(n, f32),
-            np.empty(n, f32))
+    return (_buf(n, _ZERO), _buf(2 * n, _ZERO), _buf(2 * n, _ONE), _buf(2 * n, _ONE), _buf(n * s0, _ZERO),
+            _buf(n * s1, _ONE), _buf(n, _ZERO), _buf(n, _ONE), _buf(n, _ZERO), _buf(n, _ZERO))
 
 
 _scratch = njit(**_INNER)(_scratch)
@@ -208,9 +217,9 @@ def construct_forward(w, p, s, st, rows, k_taps, ndim, gauss, lo, hi, bounded, f
     per = (n_blocks + n_chunks - 1) // n_chunks
     for chunk in prange(n_chunks):
         wl, pl, sl, chain, a0, a1, z0, z1, sc, den = _scratch(k_taps, s0, s1)
-        bk = np.empty(n * s0, dtype=np.float32)
-        tmp = np.empty(2 * LANES * LANES, dtype=np.float32)
-        acc = np.empty(m * LANES, dtype=np.float32)
+        bk = _buf(n * s0, _ZERO)
+        tmp = _buf(2 * LANES * LANES, _ZERO)
+        acc = _buf(m * LANES, _ZERO)
         for block in range(chunk * per, min(n_blocks, (chunk + 1) * per)):
             r0 = block * LANES
             _load_params(w, p, s, st, r0, rows, k_taps, ndim, gauss, lo, hi, bounded, floor, wl, pl, sl, chain, tmp)
@@ -246,12 +255,12 @@ def construct_backward(
     need_taps = need_p or need_s
     for chunk in prange(n_chunks):
         wl, pl, sl, chain, a0, a1, z0, z1, sc, den = _scratch(k_taps, s0, s1)
-        glf = np.empty(m * LANES, dtype=np.float32)
-        tmp = np.empty(2 * LANES * LANES, dtype=np.float32)
-        e0 = np.empty(n * s0, dtype=np.float32)
-        e1 = np.empty(n * s1, dtype=np.float32)
-        gsc = np.empty(n, dtype=np.float32)
-        res = np.zeros(4 * n, dtype=np.float32)  # [position | sigma, axis, K, L]
+        glf = _buf(m * LANES, _ZERO)
+        tmp = _buf(2 * LANES * LANES, _ZERO)
+        e0 = _buf(n * s0, _ZERO)
+        e1 = _buf(n * s1, _ZERO)
+        gsc = _buf(n, _ZERO)
+        res = _buf(4 * n, _ZERO)  # [position | sigma, axis, K, L]
         for block in range(chunk * per, min(n_blocks, (chunk + 1) * per)):
             r0 = block * LANES
             valid = min(LANES, rows - r0)
