@@ -58,8 +58,10 @@ class DelayedSynapse(nn.Module):
 
     def _init_delay_params(
         self, out_ch: int, in_ch: int, max_delay: int, kernel_count: int, sigma: float | None,
-        weight_tail: tuple[int, ...], bias: bool, path: str, step_mode: str, factory: dict,
+        weight_tail: tuple[int, ...], bias: bool, path: str, step_mode: str, factory: dict, delay_init: str,
     ) -> None:
+        if delay_init not in ("uniform", "zeros"):
+            raise ValueError(f"delay_init={delay_init!r}: expected 'uniform' or 'zeros'.")
         _check_positive_int("max_delay", max_delay)
         _check_positive_int("kernel_count", kernel_count)
         if path not in PATHS:
@@ -71,7 +73,7 @@ class DelayedSynapse(nn.Module):
             raise ValueError(
                 f"sigma={sigma!r}: expected a finite float >= 0 (Gaussian std in time steps; 0 = integer delays)."
             )
-        self.max_delay, self.kernel_count, self.path = max_delay, kernel_count, path
+        self.max_delay, self.kernel_count, self.path, self.delay_init = max_delay, kernel_count, path, delay_init
         self.weight = nn.Parameter(torch.empty((out_ch, in_ch, kernel_count) + weight_tail, **factory))
         self.delays = nn.Parameter(torch.empty((out_ch, in_ch, kernel_count), **factory))
         self.bias = nn.Parameter(torch.empty(out_ch, **factory)) if bias else None
@@ -81,6 +83,29 @@ class DelayedSynapse(nn.Module):
         self._history: torch.Tensor | None = None
         _LIVE_MODULES.add(self)
         _install_step_hook()
+
+    def reset_parameters(self) -> None:
+        """Kaiming-uniform weights and uniform bias with fan-in ``weight[0].numel()`` (in channels x taps x
+        spatial kernel, as ``nn.Linear`` / ``nn.ConvNd``), delays per ``delay_init``."""
+        if self.weight.is_meta:
+            return
+        nn.init.kaiming_uniform_(self.weight.view(self.weight.shape[0], -1), a=math.sqrt(5))
+        with torch.no_grad():
+            if self.delay_init == "uniform":
+                self.delays.uniform_(0.0, float(self.max_delay - 1))
+            else:
+                self.delays.zero_()
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.weight[0].numel())
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    @torch.no_grad()
+    def _copy_dense(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """Take a dense layer's weight (as tap 0; other taps 0) and bias: with delays 0, the same function."""
+        self.weight.zero_()
+        self.weight[:, :, 0].copy_(weight)
+        if bias is not None:
+            self.bias.copy_(bias)
 
     def __setstate__(self, state) -> None:
         # copy.deepcopy and pickle rebuild the module without __init__: register it for the step clamp too.

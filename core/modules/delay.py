@@ -9,7 +9,6 @@ convolutions with learnable spacings", ICLR 2024) with output length equal to in
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn as nn
@@ -63,29 +62,12 @@ class DelayedLinear(DelayedSynapse):
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}={value!r}: expected a positive int.")
-        if delay_init not in ("uniform", "zeros"):
-            raise ValueError(f"delay_init={delay_init!r}: expected 'uniform' or 'zeros'.")
         self.in_features, self.out_features, self.batch_first = in_features, out_features, bool(batch_first)
         self._init_delay_params(
             out_features, in_features, max_delay, kernel_count, sigma, (), bias, path, step_mode,
-            {"device": device, "dtype": dtype},
+            {"device": device, "dtype": dtype}, delay_init,
         )
-        self.delay_init = delay_init
         self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Kaiming-uniform weights (fan-in ``I * kc``, as ``nn.Linear``), delays per ``delay_init``."""
-        if self.weight.is_meta:
-            return
-        nn.init.kaiming_uniform_(self.weight.view(self.out_features, -1), a=math.sqrt(5))
-        with torch.no_grad():
-            if self.delay_init == "uniform":
-                self.delays.uniform_(0.0, float(self.max_delay - 1))
-            else:
-                self.delays.zero_()
-        if self.bias is not None:
-            bound = 1 / math.sqrt(self.in_features * self.kernel_count)
-            nn.init.uniform_(self.bias, -bound, bound)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, max_delay: int, kernel_count: int = 1, **kwargs) -> "DelayedLinear":
@@ -101,11 +83,7 @@ class DelayedLinear(DelayedSynapse):
         w = linear.weight
         mod = cls(linear.in_features, linear.out_features, max_delay, kernel_count=kernel_count,
                   bias=linear.bias is not None, delay_init="zeros", device=w.device, dtype=w.dtype, **kwargs)
-        with torch.no_grad():
-            mod.weight.zero_()
-            mod.weight[:, :, 0].copy_(w)
-            if linear.bias is not None:
-                mod.bias.copy_(linear.bias)
+        mod._copy_dense(w, linear.bias)
         return mod
 
     # ----------------------------------------------------------------- forward

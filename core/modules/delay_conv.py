@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
@@ -65,8 +64,6 @@ class DelayedConvNd(DelayedSynapse):
                 raise ValueError(f"{name}={value!r}: expected a positive int.")
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}.")
-        if delay_init not in ("uniform", "zeros"):
-            raise ValueError(f"delay_init={delay_init!r}: expected 'uniform' or 'zeros'.")
         self.kernel_size = _tuple(kernel_size, n, "kernel_size")
         self.stride, self.dilation = _tuple(stride, n, "stride"), _tuple(dilation, n, "dilation")
         if padding == "valid":
@@ -81,26 +78,11 @@ class DelayedConvNd(DelayedSynapse):
             padding = tuple(t // 2 for t in total)
         self.padding = _tuple(padding, n, "padding")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.delay_init = delay_init
         self._init_delay_params(
             out_channels, in_channels // groups, max_delay, kernel_count, sigma, self.kernel_size, bias, path,
-            step_mode, {"device": device, "dtype": dtype},
+            step_mode, {"device": device, "dtype": dtype}, delay_init,
         )
         self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Kaiming-uniform weights (fan-in over channels, taps and kernel), delays per ``delay_init``."""
-        if self.weight.is_meta:
-            return
-        nn.init.kaiming_uniform_(self.weight.view(self.out_channels, -1), a=math.sqrt(5))
-        with torch.no_grad():
-            if self.delay_init == "uniform":
-                self.delays.uniform_(0.0, float(self.max_delay - 1))
-            else:
-                self.delays.zero_()
-        if self.bias is not None:
-            bound = 1 / math.sqrt(self.weight[0].numel())
-            nn.init.uniform_(self.bias, -bound, bound)
 
     @classmethod
     def from_conv(cls, conv: nn.Module, max_delay: int, kernel_count: int = 1, **kwargs) -> "DelayedConvNd":
@@ -115,11 +97,7 @@ class DelayedConvNd(DelayedSynapse):
         mod = cls(conv.in_channels, conv.out_channels, conv.kernel_size, max_delay, stride=conv.stride,
                   padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
                   kernel_count=kernel_count, delay_init="zeros", device=w.device, dtype=w.dtype, **kwargs)
-        with torch.no_grad():
-            mod.weight.zero_()
-            mod.weight[:, :, 0].copy_(w)
-            if conv.bias is not None:
-                mod.bias.copy_(conv.bias)
+        mod._copy_dense(w, conv.bias)
         return mod
 
     # ----------------------------------------------------------------- forward
