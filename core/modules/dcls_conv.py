@@ -15,20 +15,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..functional import INTERPOLATIONS, dcls_kernel
+from ._args import _check_channels, _tuple
 from ._clamp import _LIVE_MODULES, _grid_bounds, _install_step_hook, _straight_through_clamp  # noqa: F401
 
 __all__ = ["DclsConv1d", "DclsConv2d", "DclsConv3d", "DclsConvNd"]
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 SIGMA_FLOOR = 1e-3
-
-
-def _tuple(value, n: int, name: str) -> tuple[int, ...]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return (value,) * n
-    if isinstance(value, (tuple, list)) and len(value) == n and all(isinstance(v, int) for v in value):
-        return tuple(value)
-    raise TypeError(f"{name}={value!r}: expected an int or a tuple of {n} ints.")
 
 
 class DclsConvNd(nn.Module):
@@ -58,14 +51,7 @@ class DclsConvNd(nn.Module):
     ) -> None:
         super().__init__()
         n = self._ndim
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}={value!r}: expected a positive int.")
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(
-                f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}; "
-                f"choose groups among the common divisors."
-            )
+        _check_channels(in_channels, out_channels, groups)
         if not isinstance(kernel_count, int) or isinstance(kernel_count, bool) or kernel_count < 1:
             raise ValueError(f"kernel_count={kernel_count!r}: expected an int >= 1 (taps per filter).")
         span = _tuple(span, n, "span")

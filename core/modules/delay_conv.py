@@ -20,16 +20,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ._delay_base import DelayedSynapse
+from ._args import _check_channels, _tuple
 
 __all__ = ["DelayedConv1d", "DelayedConv2d", "DelayedConvNd"]
-
-
-def _tuple(value, n: int, name: str) -> tuple[int, ...]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return (value,) * n
-    if isinstance(value, (tuple, list)) and len(value) == n and all(isinstance(v, int) for v in value):
-        return tuple(value)
-    raise TypeError(f"{name}={value!r}: expected an int or a tuple of {n} ints.")
 
 
 class DelayedConvNd(DelayedSynapse):
@@ -59,11 +52,7 @@ class DelayedConvNd(DelayedSynapse):
     ) -> None:
         super().__init__()
         n = self._ndim
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}={value!r}: expected a positive int.")
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}.")
+        _check_channels(in_channels, out_channels, groups)
         self.kernel_size = _tuple(kernel_size, n, "kernel_size")
         self.stride, self.dilation = _tuple(stride, n, "stride"), _tuple(dilation, n, "dilation")
         if padding == "valid":
