@@ -112,6 +112,16 @@ def _load_params(w, p, s, st, r0, rows, k_taps, ndim, gauss, lo, hi, bounded, fl
 
 
 @njit(**_INNER)
+def _cell(pv, top, size, c):  # pragma: no cover - jitted
+    """Floor-form bilinear cell of position ``pv``: grid index of ``floor(p)`` and ``r = p - floor(p)``; a position
+    exactly at the upper border ``top`` uses the cell below it (``r = 1``), so its derivative looks inward."""
+    fl = np.floor(pv)
+    if size >= 2 and pv == top:
+        fl -= _ONE
+    return np.int64(fl) + c, pv - fl
+
+
+@njit(**_INNER)
 def _bilinear_profile(pl, p0, k_taps, size, a):  # pragma: no cover - jitted
     """Floor-form bilinear profile ``a [K, S, L]``: ``1 - r`` at ``floor(p)``, ``r`` at ``floor(p) + 1``, with the
     positions ``pl[p0 + k * L + lane]``; a position exactly at the upper border uses the cell below it."""
@@ -120,12 +130,7 @@ def _bilinear_profile(pl, p0, k_taps, size, a):  # pragma: no cover - jitted
     a[: k_taps * size * LANES] = _ZERO
     for k in range(k_taps):
         for lane in range(LANES):
-            pv = pl[p0 + k * LANES + lane]
-            fl = np.floor(pv)
-            if size >= 2 and pv == top:
-                fl -= _ONE
-            idx = np.int64(fl) + c
-            r = pv - fl
+            idx, r = _cell(pl[p0 + k * LANES + lane], top, size, c)
             if 0 <= idx < size:
                 a[(k * size + idx) * LANES + lane] = _ONE - r
             if 0 <= idx + 1 < size:
@@ -314,11 +319,7 @@ def _tap_grads(ndim, gauss, k_taps, s0, s1, pl, sl, chain, a0, a1, e0, e1, e_tap
             top = _F(size - 1 - c)
             for k in range(k_taps):
                 for lane in range(LANES):
-                    pv = pl[off + k * LANES + lane]
-                    fl = np.floor(pv)
-                    if size >= 2 and pv == top:
-                        fl -= _ONE
-                    idx = np.int64(fl) + c
+                    idx, _ = _cell(pl[off + k * LANES + lane], top, size, c)
                     acc = _ZERO
                     if 0 <= idx < size:
                         acc -= e[k * e_tap + idx * LANES + lane]
