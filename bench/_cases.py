@@ -6,6 +6,7 @@ our ``DclsConvNd`` (gauss) and ``dcls`` 0.1.1's ``Dcls1d/2d`` (``version='gauss'
 
 from __future__ import annotations
 
+import argparse
 import logging
 import statistics
 import time
@@ -89,3 +90,17 @@ def median_times(
                 fn()
                 times[name].append(timer() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def row_parser(description: str) -> argparse.ArgumentParser:
+    """The command line shared by the row benchmarks: ``--threads``, ``--clock``, ``--rows``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: process CPU time")
+    parser.add_argument("--rows", type=str, default="", help="comma-separated row indices (default: all)")
+    return parser
+
+
+def selected_rows(spec: str) -> list[Case]:
+    """``CASES`` filtered by ``--rows`` (comma-separated indices; empty = all)."""
+    return [CASES[int(i)] for i in spec.split(",")] if spec else list(CASES)

@@ -11,14 +11,13 @@ warm-up call loads or compiles them); ``DCLSZOO_CONSTRUCT_BACKEND=torch`` measur
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _cases import CASES, build, median_times  # noqa: E402
+from _cases import build, median_times, row_parser, selected_rows  # noqa: E402
 
 
 def _fwd_bwd(module: torch.nn.Module, x: torch.Tensor, gy: torch.Tensor):
@@ -31,13 +30,9 @@ def _fwd_bwd(module: torch.nn.Module, x: torch.Tensor, gy: torch.Tensor):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: process CPU time")
-    parser.add_argument("--rows", type=str, default="", help="comma-separated row indices (default: all)")
-    args = parser.parse_args()
+    args = row_parser(__doc__.splitlines()[0]).parse_args()
     torch.set_num_threads(args.threads)
-    rows = [CASES[int(i)] for i in args.rows.split(",")] if args.rows else CASES
+    rows = selected_rows(args.rows)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, forward+backward, median seconds "
         f"({args.clock} clock), load average before: {os.getloadavg()[0]:.1f}"

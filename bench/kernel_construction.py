@@ -18,14 +18,13 @@ than dcls.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _cases import CASES, build, median_times  # noqa: E402
+from _cases import build, median_times, row_parser, selected_rows  # noqa: E402
 from _memory import peak_extra_bytes, self_check  # noqa: E402
 
 from dclszoo.functional import dcls_kernel  # noqa: E402
@@ -71,14 +70,10 @@ def _builders(case, dense, ours, theirs):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall", help="cpu: process CPU time")
-    parser.add_argument("--rows", type=str, default="", help="comma-separated row indices (default: all)")
-    args = parser.parse_args()
+    args = row_parser(__doc__.splitlines()[0]).parse_args()
     torch.set_num_threads(args.threads)
     self_check()
-    rows = [CASES[int(i)] for i in args.rows.split(",")] if args.rows else CASES
+    rows = selected_rows(args.rows)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, forward+backward, median seconds "
         f"({args.clock} clock), load average before: {os.getloadavg()[0]:.1f}"
