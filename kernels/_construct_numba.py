@@ -51,16 +51,24 @@ def _columns(dst, d0, dc, x, x0, xs, y, y0, ys, yc, n, cols):  # pragma: no cove
 @njit(**_INNER)
 def _tap_rows_in(src, base, k_taps, tmp, dst, d0):  # pragma: no cover - jitted
     """The block's 16 contiguous rows of ``K <= 16`` taps, ``src[base : base + 16 K]``, lane-major into
-    ``dst[d0 : d0 + K L]`` through one 16 x 16 transpose (``tmp``: 512 floats of scratch)."""
+    ``dst[d0 : d0 + K L]`` through one 16 x 16 transpose (``tmp``: 512 floats of scratch). Where ``src`` and
+    ``dst`` have room for whole 16-float rows (``dst`` ends in ``LANES * LANES`` floats of slack), in place."""
+    if base + (LANES - 1) * k_taps + LANES <= src.shape[0] and d0 + LANES * LANES <= dst.shape[0]:
+        vtranspose(src, base, k_taps, dst, d0, LANES)  # taps past K land in what follows (written later, or slack)
+        return
     vcopy(tmp, 0, src, base, k_taps)
     vtranspose(tmp, 0, k_taps, tmp, LANES * LANES, LANES)
     vcopy(dst, d0, tmp, LANES * LANES, k_taps)
 
 
 @njit(**_INNER)
-def _tap_rows_out(src, s0, k_taps, tmp, dst, base):  # pragma: no cover - jitted
-    """Inverse of :func:`_tap_rows_in`: lane-major ``src[s0 : s0 + K L]`` into the 16 contiguous rows
-    ``dst[base : base + 16 K]``."""
+def _tap_rows_out(src, s0, k_taps, tmp, dst, base, spill):  # pragma: no cover - jitted
+    """Inverse of :func:`_tap_rows_in`: lane-major ``src[s0 : s0 + K L]`` (``src`` with slack) into the 16 contiguous
+    rows ``dst[base : base + 16 K]``; directly when ``spill`` (the ``16 - K`` floats after them may be overwritten:
+    the next block, written later by the same thread)."""
+    if spill:
+        vtranspose(src, s0, LANES, dst, base, k_taps)  # rows in order: each overwrites the last one's excess
+        return
     vcopy(tmp, 0, src, s0, k_taps)
     vtranspose(tmp, 0, LANES, tmp, LANES * LANES, k_taps)  # rows in order: each overwrites the last one's excess
     vcopy(dst, base, tmp, LANES * LANES, k_taps)
@@ -203,7 +211,9 @@ def _buf(size, fill):  # pragma: no cover - jitted
 
 def _scratch(k_taps, s0, s1):  # pragma: no cover - inlined by numba as a plain function call
     n = k_taps * LANES
-    return (_buf(n, _ZERO), _buf(2 * n, _ZERO), _buf(2 * n, _ONE), _buf(2 * n, _ONE), _buf(n * s0, _ZERO),
+    slack = LANES * LANES  # whole 16 x 16 transposes in and out of the parameter blocks (_tap_rows_in/_out)
+    return (_buf(n + slack, _ZERO), _buf(2 * n + slack, _ZERO), _buf(2 * n + slack, _ONE), _buf(2 * n, _ONE),
+            _buf(n * s0, _ZERO),
             _buf(n * s1, _ONE), _buf(n, _ZERO), _buf(n, _ONE), _buf(n, _ZERO), _buf(n, _ZERO))
 
 
@@ -265,7 +275,7 @@ def construct_backward(
         e0 = _buf(n * s0, _ZERO)
         e1 = _buf(n * s1, _ZERO)
         gsc = _buf(n, _ZERO)
-        res = _buf(4 * n, _ZERO)  # [position | sigma, axis, K, L]
+        res = _buf(4 * n + LANES * LANES, _ZERO)  # [position | sigma, axis, K, L]
         for block in range(chunk * per, min(n_blocks, (chunk + 1) * per)):
             r0 = block * LANES
             valid = min(LANES, rows - r0)
@@ -293,8 +303,10 @@ def construct_backward(
             if need_w:
                 for j in range(n):
                     wl[j] = gsc[j] / den[j]  # wl is free now: the weight gradient, lane-major
+            # the next block is full and this thread's, written after this one: it may take a row's spill
+            spill = block + 1 < min(n_blocks, (chunk + 1) * per) and r0 + 2 * LANES <= rows
             _write_grads(r0, valid, rows, k_taps, ndim, chunk, need_w, need_p, need_s, gs_full, wl, res,
-                         gw, gp, gs, gs_part, tmp)
+                         gw, gp, gs, gs_part, tmp, spill)
 
 
 @njit(**_INNER)
@@ -330,19 +342,19 @@ def _tap_grads(ndim, gauss, k_taps, s0, s1, pl, sl, chain, a0, a1, e0, e1, e_tap
 
 @njit(**_INNER)
 def _write_grads(r0, valid, rows, k_taps, ndim, chunk, need_w, need_p, need_s, gs_full, gwl, res, gw, gp, gs,
-                 gs_part, tmp):  # pragma: no cover - jitted
+                 gs_part, tmp, spill):  # pragma: no cover - jitted
     """The block's gradients from lane-major ``[.., K, L]`` into the flat row-major outputs."""
     n = k_taps * LANES
     full = valid == LANES
     if full and 1 < k_taps <= LANES:  # 16 rows of contiguous taps: transposed
         base = r0 * k_taps
         if need_w:
-            _tap_rows_out(gwl, 0, k_taps, tmp, gw, base)
+            _tap_rows_out(gwl, 0, k_taps, tmp, gw, base, spill)
         for d in range(ndim):
             if need_p:
-                _tap_rows_out(res, d * n, k_taps, tmp, gp, d * rows * k_taps + base)
+                _tap_rows_out(res, d * n, k_taps, tmp, gp, d * rows * k_taps + base, spill)
             if need_s and gs_full:
-                _tap_rows_out(res, 2 * n + d * n, k_taps, tmp, gs, d * rows * k_taps + base)
+                _tap_rows_out(res, 2 * n + d * n, k_taps, tmp, gs, d * rows * k_taps + base, spill)
         if not (need_s and not gs_full):
             return
         need_w, need_p, gs_full = False, False, False  # only the per-chunk sigma sums are left

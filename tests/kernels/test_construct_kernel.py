@@ -110,6 +110,7 @@ CASES = [
     (2, 3, 2, (1, 4)),  # an axis of size 1
     (16, 3, 16, (3, 3)),  # 16 taps: the widest rows loaded and stored through 16 x 16 transposes
     (2, 17, 17, (3,)),  # 17 taps: gathered and scattered lane by lane
+    (37, 11, 5, (3, 4)),  # 407 rows: several blocks per thread chunk (rows spilling into the next block), a partial one
 ]
 
 
