@@ -106,6 +106,9 @@ def _rows(t: torch.Tensor, full: tuple[int, ...], rows: tuple[int, int, int]) ->
     """``t`` broadcast to ``full`` and seen as ``rows = [D, R, K]`` ((out, in) merged): its flat storage (a numpy
     view) and element strides. A copy is made only when the strides cannot be merged (e.g. a sigma shared over
     input channels but not output channels)."""
+    if t.shape == full and t.is_contiguous():  # the common case: parameters of their full shape
+        d, r, k = rows
+        return t.detach().view(-1).numpy(), (r * k, k, 1)
     t = t.detach().expand(full)
     try:
         v = t.view(rows)
