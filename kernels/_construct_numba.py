@@ -24,7 +24,7 @@ from numba import njit, prange
 
 from ._gauss_simd_numba import vgauss_grads, vgauss_profile
 from ._simd_numba import (
-    WIDTH, vclamp, vcopy, vdiv, vdot, vdot4, vfloor_sigma, vgather, vmuladd, vscatter, vtranspose,
+    WIDTH, vclamp, vcopy, vdiv, vdot, vdot4, vfloor_sigma, vgather, vmuladd, vscale, vscatter, vtranspose,
 )
 
 LANES = WIDTH  # rows per block
@@ -248,9 +248,7 @@ def construct_forward(w, p, s, st, rows, k_taps, ndim, gauss, lo, hi, bounded, f
                 _columns(acc, 0, LANES, sc, 0, LANES, a0, 0, s0 * LANES, LANES, k_taps, s0)
             else:  # acc[x0, x1] = sum_k (sc a0)[k, x0] a1[k, x1]
                 for k in range(k_taps):
-                    for x0 in range(s0):
-                        j = (k * s0 + x0) * LANES
-                        vdot(bk, j, False, sc, k * LANES, 0, a0, j, 0, 1)
+                    vscale(bk, k * s0 * LANES, a0, k * s0 * LANES, sc, k * LANES, s0)
                 for x0 in range(s0):
                     _columns(acc, x0 * s1 * LANES, LANES, bk, x0 * LANES, s0 * LANES, a1, 0, s1 * LANES, LANES,
                              k_taps, s1)

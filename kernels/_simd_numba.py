@@ -201,6 +201,29 @@ def vmuladd(typingctx, dst, d0, x, x0, y, y0, c):
 
 
 @intrinsic
+def vscale(typingctx, dst, d0, x, x0, c, c0, n):
+    """``dst[d0 + j*W : +W] = x[x0 + j*W : +W] * c[c0:+W]`` for ``j < n`` (``n`` consecutive vectors, one scale)."""
+    if not _check_arrays(dst, x, c):
+        return None
+    sig = types.void(dst, d0, x, x0, c, c0, n)
+
+    def codegen(context, builder, signature, args):
+        aty = signature.args
+        dst_v, d0_v, x_v, x0_v, c_v, c0_v, n_v = args
+        d0_v, x0_v, c0_v, n_v = (context.cast(builder, v, aty[i], types.int64)
+                                 for v, i in ((d0_v, 1), (x0_v, 3), (c0_v, 5), (n_v, 6)))
+        i64 = ir.IntType(64)
+        scale = _load_vec(context, builder, aty[4], c_v, c0_v)
+        with cgutils.for_range(builder, n_v, intp=i64) as loop:
+            step = builder.mul(loop.index, ir.Constant(i64, WIDTH))
+            vec = builder.fmul(_load_vec(context, builder, aty[2], x_v, builder.add(x0_v, step)), scale, flags=_FAST)
+            builder.store(vec, _vec_pointer(context, builder, aty[0], dst_v, builder.add(d0_v, step)), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
 def vdiv(typingctx, dst, d0, x, x0, y, y0):
     """``dst[d0:+W] = x[x0:+W] / y[y0:+W]``."""
     if not _check_arrays(dst, x, y):
