@@ -148,7 +148,7 @@ def _bilinear_profile(pl, p0, k_taps, size, a):  # pragma: no cover - jitted
 
 
 @njit(**_INNER)
-def _profiles(ndim, gauss, k_taps, s0, s1, pl, sl, tail, a0, a1, z0, z1):  # pragma: no cover - jitted
+def _profiles(ndim, gauss, k_taps, s0, s1, pl, sl, tail, thr, a0, a1, z0, z1):  # pragma: no cover - jitted
     """Profiles ``a_d [K, S_d, L]`` and (Gaussian) their sums ``z_d [K, L]`` of the block's taps."""
     for d in range(ndim):
         size = s0 if d == 0 else s1
@@ -157,7 +157,7 @@ def _profiles(ndim, gauss, k_taps, s0, s1, pl, sl, tail, a0, a1, z0, z1):  # pra
         if gauss:
             for k in range(k_taps):
                 vgauss_profile(a, k * size * LANES, z, k * LANES, pl, sl, off + k * LANES, _F(-(size // 2)), size,
-                               tail)
+                               tail, thr)
         else:
             _bilinear_profile(pl, off, k_taps, size, a)
 
@@ -234,6 +234,7 @@ def construct_forward(w, p, s, st, rows, k_taps, ndim, gauss, lo, hi, bounded, f
     n = k_taps * LANES
     n_blocks = (rows + LANES - 1) // LANES
     per = (n_blocks + n_chunks - 1) // n_chunks
+    thr = _F(np.exp(-np.float64(tail)))  # profile values below this (relative to the peak) are 0
     for chunk in prange(n_chunks):
         wl, pl, sl, chain, a0, a1, z0, z1, sc, den = _scratch(k_taps, s0, s1)
         bk = _buf(n * s0, _ZERO)
@@ -242,7 +243,7 @@ def construct_forward(w, p, s, st, rows, k_taps, ndim, gauss, lo, hi, bounded, f
         for block in range(chunk * per, min(n_blocks, (chunk + 1) * per)):
             r0 = block * LANES
             _load_params(w, p, s, st, r0, rows, k_taps, ndim, gauss, lo, hi, bounded, floor, wl, pl, sl, chain, tmp)
-            _profiles(ndim, gauss, k_taps, s0, s1, pl, sl, tail, a0, a1, z0, z1)
+            _profiles(ndim, gauss, k_taps, s0, s1, pl, sl, tail, thr, a0, a1, z0, z1)
             _scale(gauss, n, wl, z0, z1, sc, den)
             if ndim == 1:  # acc[x] = sum_k sc[k] a0[k, x]
                 _columns(acc, 0, LANES, sc, 0, LANES, a0, 0, s0 * LANES, LANES, k_taps, s0)
@@ -268,6 +269,7 @@ def construct_backward(
     n = k_taps * LANES
     n_blocks = (rows + LANES - 1) // LANES
     per = (n_blocks + n_chunks - 1) // n_chunks
+    thr = _F(np.exp(-np.float64(tail)))  # profile values below this (relative to the peak) are 0
     need_s = need_s and gauss
     need_taps = need_p or need_s
     for chunk in prange(n_chunks):
@@ -282,7 +284,7 @@ def construct_backward(
             r0 = block * LANES
             valid = min(LANES, rows - r0)
             _load_params(w, p, s, st, r0, rows, k_taps, ndim, gauss, lo, hi, bounded, floor, wl, pl, sl, chain, tmp)
-            _profiles(ndim, gauss, k_taps, s0, s1, pl, sl, tail, a0, a1, z0, z1)
+            _profiles(ndim, gauss, k_taps, s0, s1, pl, sl, tail, thr, a0, a1, z0, z1)
             _scale(gauss, n, wl, z0, z1, sc, den)
             _load_rows(g, r0, valid, m, glf)
             # E_0[k, x0] = sum_x1 g[x0, x1] A_1[k, x1] (1-D: g itself); E_1[k, x1] = sum_x0 g[x0, x1] A_0[k, x0]

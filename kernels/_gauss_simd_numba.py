@@ -79,10 +79,10 @@ def _profile_walk(context, builder, aty, a_v, a0_v, z_ptr, start, value, ratio, 
 
 
 @intrinsic
-def vgauss_profile(typingctx, a, a0, z, z0, p, sg, v0, c0, n, tail):
+def vgauss_profile(typingctx, a, a0, z, z0, p, sg, v0, c0, n, tail, thr):
     """Gaussian profile of one tap on 16 rows: with ``u_j = c0 + j - p[v0:+W]`` and ``s = sg[v0:+W]``, writes
     ``a[a0 + j*W : +W] = exp(-u_j^2 / (2 s^2))`` (0 where the exponent is below ``-tail``) for ``j < n`` and
-    their sum into ``z[z0:+W]``.
+    their sum into ``z[z0:+W]``; ``thr = exp(-tail)`` (computed once by the caller).
 
     Where every factor stays in range (all lanes: not too small a ``s`` for the distance of the peak from the
     middle point), three ``exp`` and a recurrence: from the middle point ``m`` outwards,
@@ -91,15 +91,16 @@ def vgauss_profile(typingctx, a, a0, z, z0, p, sg, v0, c0, n, tail):
     """
     if not _check_arrays(a, z, p, sg):
         return None
-    sig = types.void(a, a0, z, z0, p, sg, v0, c0, n, tail)
+    sig = types.void(a, a0, z, z0, p, sg, v0, c0, n, tail, thr)
 
     def codegen(context, builder, signature, args):
         aty = signature.args
-        a_v, a0_v, z_v, z0_v, p_v, sg_v, v0_v, c0_v, n_v, tail_v = args
+        a_v, a0_v, z_v, z0_v, p_v, sg_v, v0_v, c0_v, n_v, tail_v, thr_v = args
         a0_v, z0_v, v0_v, n_v = (context.cast(builder, v, aty[i], types.int64) for v, i in
                                  ((a0_v, 1), (z0_v, 3), (v0_v, 6), (n_v, 8)))
         c0_v = context.cast(builder, c0_v, aty[7], types.float32)
         tail_v = context.cast(builder, tail_v, aty[9], types.float32)
+        thr_v = _broadcast(builder, context.cast(builder, thr_v, aty[10], types.float32))
         i64 = ir.IntType(64)
         fm = lambda x, y: builder.fmul(x, y, flags=_FAST)  # noqa: E731
         pos = builder.load(_vec_pointer(context, builder, aty[4], p_v, v0_v), align=4)
@@ -122,9 +123,9 @@ def vgauss_profile(typingctx, a, a0, z, z0, p, sg, v0, c0, n, tail):
         with builder.if_else(all_ok) as (walk, direct):
             with walk:
                 keep = builder.fcmp_ordered(">", t_mid, limit)
-                first = builder.select(keep, _exp2(builder, t_mid), _splat(0.0))
                 value = _exp2(builder, t_mid)
-                threshold = _exp2(builder, limit)
+                first = builder.select(keep, value, _splat(0.0))
+                threshold = thr_v
                 q2 = _exp2(builder, t_q)
                 index = builder.add(a0_v, builder.mul(mid, ir.Constant(i64, WIDTH)))
                 builder.store(first, _vec_pointer(context, builder, aty[0], a_v, index), align=4)
