@@ -71,24 +71,42 @@ def build(case: Case, seed: int = 0):
     return dense, ours, theirs
 
 
+def _minor_faults() -> int:
+    """Minor page faults of this process so far (0 where ``resource`` is unavailable)."""
+    try:
+        import resource
+    except ImportError:  # not on Unix
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def median_times(
-    fns: dict[str, Callable[[], object]], repeats: dict[str, int], clock: str = "wall"
+    fns: dict[str, Callable[[], object]], repeats: dict[str, int], clock: str = "wall",
+    faults: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Median time per function; one warm-up call each, then rounds interleaving all of them.
 
     ``clock='wall'`` is ``time.perf_counter``; ``clock='cpu'`` is this process's CPU time
     (``time.process_time``), which with one thread is robust to other processes sharing the cores.
+    ``faults``, if given, receives the median number of minor page faults per call of each function: fresh
+    multi-MiB buffers that glibc maps anew fault once per 4 KiB page on first write (the kernel zeroes each
+    page), a cost that depends on the heap's state after earlier calls rather than on the code measured.
     """
     timer = {"wall": time.perf_counter, "cpu": time.process_time}[clock]
     times: dict[str, list[float]] = {name: [] for name in fns}
+    counts: dict[str, list[int]] = {name: [] for name in fns}
     for fn in fns.values():
         fn()
     for r in range(max(repeats.values())):
         for name, fn in fns.items():
             if r < repeats[name]:
+                f0 = _minor_faults()
                 t0 = timer()
                 fn()
                 times[name].append(timer() - t0)
+                counts[name].append(_minor_faults() - f0)
+    if faults is not None:
+        faults.update({name: statistics.median(c) for name, c in counts.items()})
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 

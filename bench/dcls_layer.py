@@ -40,17 +40,27 @@ def main() -> None:
     print()
     print("| case | dense conv of span | dclszoo | dcls 0.1.1 | dclszoo / dense | dcls / dense | dcls / dclszoo |")
     print("|---|---|---|---|---|---|---|")
+    fault_rows = []
     for case in rows:
         dense, ours, theirs = build(case)
         x = torch.randn(case.input_shape, requires_grad=True)
         gy = torch.randn_like(dense(x).detach())
         fns = {name: _fwd_bwd(m, x, gy) for name, m in (("dense", dense), ("ours", ours), ("dcls", theirs))}
-        t = median_times(fns, {"dense": case.repeats, "ours": case.repeats, "dcls": case.repeats}, args.clock)
+        faults: dict[str, float] = {}
+        t = median_times(fns, {"dense": case.repeats, "ours": case.repeats, "dcls": case.repeats}, args.clock, faults)
+        fault_rows.append((case.name, faults))
         print(
             f"| {case.name} | {t['dense']:.4f} | {t['ours']:.4f} | {t['dcls']:.4f} | "
             f"{t['ours'] / t['dense']:.3f}x | {t['dcls'] / t['dense']:.2f}x | {t['dcls'] / t['ours']:.2f}x |",
             flush=True,
         )
+    print()
+    print("Minor page faults per call (median; 4 KiB pages first written in fresh allocations, see _cases.median_times):")
+    print()
+    print("| case | dense conv of span | dclszoo | dcls 0.1.1 |")
+    print("|---|---|---|---|")
+    for name, f in fault_rows:
+        print(f"| {name} | {f['dense']:.0f} | {f['ours']:.0f} | {f['dcls']:.0f} |")
 
 
 if __name__ == "__main__":

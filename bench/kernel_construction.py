@@ -84,12 +84,14 @@ def main() -> None:
         "dcls / dense conv | dense conv fwd+bwd | peak extra: op | module.kernel() | dcls |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    breakdown = []
+    breakdown, fault_rows = [], []
     for case in rows:
         dense, ours, theirs = build(case)
         fns = _builders(case, dense, ours, theirs)
         slow = case.repeats
-        t = median_times(fns, {"op": 2 * slow, "module": 2 * slow, "dcls": slow, "dense": slow}, args.clock)
+        faults: dict[str, float] = {}
+        t = median_times(fns, {"op": 2 * slow, "module": 2 * slow, "dcls": slow, "dense": slow}, args.clock, faults)
+        fault_rows.append((case.name, faults))
         kernel_bytes = 4 * case.kernel_numel
         mem = {name: peak_extra_bytes(fns[name]) / kernel_bytes for name in ("op", "module", "dcls")}
         grads = sum(p.numel() for p in (ours.weight, ours.positions, ours.sigma)) * 4 / kernel_bytes
@@ -108,6 +110,13 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for name, total, grads in breakdown:
         print(f"| {name} | {total:.2f}x | 1.00x | {grads:.2f}x | {total - 1 - grads:.2f}x |")
+    print()
+    print("Minor page faults per call (median; 4 KiB pages first written in fresh allocations, see _cases.median_times):")
+    print()
+    print("| case | dclszoo op | module.kernel() | dcls 0.1.1 | dense conv fwd+bwd |")
+    print("|---|---|---|---|---|")
+    for name, f in fault_rows:
+        print(f"| {name} | {f['op']:.0f} | {f['module']:.0f} | {f['dcls']:.0f} | {f['dense']:.0f} |")
 
 
 if __name__ == "__main__":
