@@ -24,14 +24,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _cases import median_times  # noqa: E402
 from _memory import peak_extra_bytes, self_check  # noqa: E402
 
 from dclszoo import DelayedLinear  # noqa: E402
@@ -83,20 +82,6 @@ def make_fns(steps: int, span: int):
     fns = {"linear": run_linear, "dcls": run_dcls}
     fns.update({name: run_ours(m) for name, m in ours.items()})
     return fns, ours
-
-
-def median_times(fns, repeats):
-    """Median wall time per function: one warm-up call each, then rounds interleaving all of them."""
-    times = {name: [] for name in fns}
-    for fn in fns.values():
-        fn()
-    for r in range(max(repeats.values())):
-        for name, fn in fns.items():
-            if r < repeats[name]:
-                t0 = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main() -> None:
