@@ -24,7 +24,7 @@ from numba import njit, prange
 
 from ._gauss_simd_numba import vgauss_grads, vgauss_profile
 from ._simd_numba import (
-    WIDTH, vclamp, vcopy, vdiv, vdot, vdot4, vfloor_sigma, vgather, vmuladd, vscale, vscatter, vtranspose,
+    WIDTH, vclamp, vcopy, vdot, vdot4, vfloor_sigma, vgather, vscale, vscatter, vtranspose,
 )
 
 LANES = WIDTH  # rows per block
@@ -165,12 +165,10 @@ def _profiles(ndim, gauss, k_taps, s0, s1, pl, sl, tail, thr, a0, a1, z0, z1):  
 @njit(**_INNER)
 def _scale(gauss, n, wl, z0, z1, sc, den):  # pragma: no cover - jitted
     """``sc = w / den`` with ``den = prod_d Z_d + 1e-7`` (Gaussian) or 1 (bilinear), all ``[K, L]``."""
-    if gauss:
-        for j in range(0, n, LANES):
-            vmuladd(den, j, z0, j, z1, j, _EPS)
-            vdiv(sc, j, wl, j, den, j)
-    else:  # den stays 1 (its initial value)
-        vcopy(sc, 0, wl, 0, n // LANES)
+    for j in range(n):
+        dv = (z0[j] * z1[j] + _EPS) if gauss else _ONE
+        den[j] = dv
+        sc[j] = wl[j] / dv
 
 
 @njit(**_INNER)
@@ -305,8 +303,8 @@ def construct_backward(
                 _tap_grads(ndim, gauss, k_taps, s0, s1, pl, sl, chain, a0, a1, e_0, e1, e_tap0, z0, z1, sc, den, gsc,
                            res)
             if need_w:
-                for j in range(0, n, LANES):
-                    vdiv(wl, j, gsc, j, den, j)  # wl is free now: the weight gradient, lane-major
+                for j in range(n):
+                    wl[j] = gsc[j] / den[j]  # wl is free now: the weight gradient, lane-major
             # the next block is full and this thread's, written after this one: it may take a row's spill
             spill = block + 1 < min(n_blocks, (chunk + 1) * per) and r0 + 2 * LANES <= rows
             _write_grads(r0, valid, rows, k_taps, ndim, chunk, need_w, need_p, need_s, gs_full, wl, res,

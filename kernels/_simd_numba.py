@@ -181,26 +181,6 @@ def vscatter(typingctx, dst, d0, ds, src, s0):
 
 
 @intrinsic
-def vmuladd(typingctx, dst, d0, x, x0, y, y0, c):
-    """``dst[d0:+W] = x[x0:+W] * y[y0:+W] + c`` (scalar ``c``)."""
-    if not _check_arrays(dst, x, y):
-        return None
-    sig = types.void(dst, d0, x, x0, y, y0, c)
-
-    def codegen(context, builder, signature, args):
-        aty = signature.args
-        dst_v, d0_v, x_v, x0_v, y_v, y0_v, c_v = args
-        d0_v, x0_v, y0_v = (context.cast(builder, v, aty[i], types.int64) for v, i in ((d0_v, 1), (x0_v, 3), (y0_v, 5)))
-        c_v = _broadcast(builder, context.cast(builder, c_v, aty[6], types.float32))
-        prod = builder.fmul(_load_vec(context, builder, aty[2], x_v, x0_v), _load_vec(context, builder, aty[4], y_v, y0_v),
-                            flags=_FAST)
-        builder.store(builder.fadd(prod, c_v, flags=_FAST), _vec_pointer(context, builder, aty[0], dst_v, d0_v), align=4)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-@intrinsic
 def vscale(typingctx, dst, d0, x, x0, c, c0, n):
     """``dst[d0 + j*W : +W] = x[x0 + j*W : +W] * c[c0:+W]`` for ``j < n`` (``n`` consecutive vectors, one scale)."""
     if not _check_arrays(dst, x, c):
@@ -218,25 +198,6 @@ def vscale(typingctx, dst, d0, x, x0, c, c0, n):
             step = builder.mul(loop.index, ir.Constant(i64, WIDTH))
             vec = builder.fmul(_load_vec(context, builder, aty[2], x_v, builder.add(x0_v, step)), scale, flags=_FAST)
             builder.store(vec, _vec_pointer(context, builder, aty[0], dst_v, builder.add(d0_v, step)), align=4)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-@intrinsic
-def vdiv(typingctx, dst, d0, x, x0, y, y0):
-    """``dst[d0:+W] = x[x0:+W] / y[y0:+W]``."""
-    if not _check_arrays(dst, x, y):
-        return None
-    sig = types.void(dst, d0, x, x0, y, y0)
-
-    def codegen(context, builder, signature, args):
-        aty = signature.args
-        dst_v, d0_v, x_v, x0_v, y_v, y0_v = args
-        d0_v, x0_v, y0_v = (context.cast(builder, v, aty[i], types.int64) for v, i in ((d0_v, 1), (x0_v, 3), (y0_v, 5)))
-        quot = builder.fdiv(_load_vec(context, builder, aty[2], x_v, x0_v), _load_vec(context, builder, aty[4], y_v, y0_v),
-                            flags=_FAST)
-        builder.store(quot, _vec_pointer(context, builder, aty[0], dst_v, d0_v), align=4)
         return context.get_dummy_value()
 
     return sig, codegen
