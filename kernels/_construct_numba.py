@@ -24,7 +24,7 @@ from numba import njit, prange
 
 from ._gauss_simd_numba import vgauss_grads, vgauss_profile
 from ._simd_numba import (
-    WIDTH, vclamp, vcopy, vdot, vdot4, vfloor_sigma, vgather, vscale, vscatter, vtranspose,
+    WIDTH, vclamp, vcopy, vdot, vdot4, vfloor_sigma, vgather, vprefetch, vscale, vscatter, vtranspose,
 )
 
 LANES = WIDTH  # rows per block
@@ -252,6 +252,7 @@ def construct_forward(w, p, s, st, rows, k_taps, ndim, gauss, lo, hi, bounded, f
                     _columns(acc, x0 * s1 * LANES, LANES, bk, x0 * LANES, s0 * LANES, a1, 0, s1 * LANES, LANES,
                              k_taps, s1)
             _store_rows(acc, out, r0, min(LANES, rows - r0), m)
+            vprefetch(out, (r0 + LANES) * m, LANES * m, True)  # the next block's output rows
 
 
 @njit(**_OPTS)
@@ -285,6 +286,7 @@ def construct_backward(
             _profiles(ndim, gauss, k_taps, s0, s1, pl, sl, tail, thr, a0, a1, z0, z1)
             _scale(gauss, n, wl, z0, z1, sc, den)
             _load_rows(g, r0, valid, m, glf)
+            vprefetch(g, (r0 + LANES) * m, LANES * m, False)  # the next block's upstream rows
             # E_0[k, x0] = sum_x1 g[x0, x1] A_1[k, x1] (1-D: g itself); E_1[k, x1] = sum_x0 g[x0, x1] A_0[k, x0]
             if ndim == 1:
                 e_0, e_tap0 = glf, 0

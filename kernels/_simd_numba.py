@@ -125,6 +125,37 @@ def vcopy(typingctx, dst, d0, src, s0, n):
 
 
 @intrinsic
+def vprefetch(typingctx, x, x0, n, write):
+    """Hint the caches to fetch ``x[x0 : x0 + n]`` (one prefetch per 64-byte line; ``write``: for writing).
+    Addresses past the array are harmless (prefetches never fault)."""
+    if not _check_arrays(x):
+        return None
+    sig = types.void(x, x0, n, write)
+
+    def codegen(context, builder, signature, args):
+        aty = signature.args
+        x_v, x0_v, n_v, w_v = args
+        x0_v, n_v = (context.cast(builder, v, aty[i], types.int64) for v, i in ((x0_v, 1), (n_v, 2)))
+        i8p, i32, i64 = ir.IntType(8).as_pointer(), ir.IntType(32), ir.IntType(64)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            "llvm.prefetch.p0i8")
+        data = context.make_array(aty[0])(context, builder, x_v).data
+        lines = builder.udiv(builder.add(n_v, ir.Constant(i64, WIDTH - 1)), ir.Constant(i64, WIDTH))
+        write_bit = context.cast(builder, w_v, aty[3], types.boolean)
+        with cgutils.for_range(builder, lines, intp=i64) as loop:
+            ptr = builder.bitcast(builder.gep(data, [builder.add(x0_v, builder.mul(loop.index, ir.Constant(i64, WIDTH)))]),
+                                  i8p)
+            with builder.if_else(write_bit) as (for_write, for_read):
+                with for_write:
+                    builder.call(fn, [ptr, ir.Constant(i32, 1), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+                with for_read:
+                    builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
 def vgather(typingctx, dst, d0, src, s0, ss):
     """``dst[d0 + lane] = src[s0 + lane * ss]`` for ``lane < W`` (a strided load into one vector)."""
     if not _check_arrays(dst, src):
