@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import random
 import statistics
 import time
 from dataclasses import dataclass
@@ -84,7 +85,10 @@ def median_times(
     fns: dict[str, Callable[[], object]], repeats: dict[str, int], clock: str = "wall",
     faults: dict[str, float] | None = None,
 ) -> dict[str, float]:
-    """Median time per function; one warm-up call each, then rounds interleaving all of them.
+    """Median time per function; one warm-up call each, then rounds interleaving all of them, each round in its
+    own (seeded) random order, so that no function always runs right after the same one (what ran just before
+    matters: a construction timed right after the dense convolution takes ~1.5x as long as after another
+    construction, its caches having been swept).
 
     ``clock='wall'`` is ``time.perf_counter``; ``clock='cpu'`` is this process's CPU time
     (``time.process_time``), which with one thread is robust to other processes sharing the cores.
@@ -97,8 +101,11 @@ def median_times(
     counts: dict[str, list[int]] = {name: [] for name in fns}
     for fn in fns.values():
         fn()
+    order, rng = list(fns), random.Random(0)
     for r in range(max(repeats.values())):
-        for name, fn in fns.items():
+        rng.shuffle(order)
+        for name in order:
+            fn = fns[name]
             if r < repeats[name]:
                 f0 = _minor_faults()
                 t0 = timer()
