@@ -10,7 +10,9 @@ Backend: on CPU in float32 the construction runs in the fused numba kernels (``d
 warm-up call loads or compiles them); ``DCLSZOO_CONSTRUCT_BACKEND=torch`` measures the pure-torch twin instead.
 
 Protocol: parameter gradients are ``None`` before each call; ``k = build(); k.backward(g)`` with ``g`` allocated
-beforehand. Peak extra memory = peak bytes of tensor storages allocated during that call (``bench/_memory.py``,
+beforehand. Timings: medians over rounds interleaving the op, ``kernel()`` and the dense conv in a random order
+each round, then rounds of ``dcls`` alone (its gigabytes of fresh buffers per call would slow whatever ran after
+it). Peak extra memory = peak bytes of tensor storages allocated during that call (``bench/_memory.py``,
 self-checked at start-up): it includes the output kernel itself (1x) and the parameter gradients, and is given
 as a multiple of the dense kernel's own float32 size. Targets (issue 2): op peak extra <= 2x, op >= 20x faster
 than dcls.
@@ -24,7 +26,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _cases import build, median_times, row_parser, selected_rows  # noqa: E402
+from _cases import build, paired_then_reference, row_parser, selected_rows  # noqa: E402
 from _memory import peak_extra_bytes, self_check  # noqa: E402
 
 from dclszoo.functional import dcls_kernel  # noqa: E402
@@ -90,7 +92,8 @@ def main() -> None:
         fns = _builders(case, dense, ours, theirs)
         slow = case.repeats
         faults: dict[str, float] = {}
-        t = median_times(fns, {"op": 2 * slow, "module": 2 * slow, "dcls": slow, "dense": slow}, args.clock, faults)
+        reps = {"op": 3 * slow, "module": 3 * slow, "dcls": slow, "dense": slow}
+        t = paired_then_reference(fns, reps, "dcls", args.clock, faults)
         fault_rows.append((case.name, faults))
         kernel_bytes = 4 * case.kernel_numel
         mem = {name: peak_extra_bytes(fns[name]) / kernel_bytes for name in ("op", "module", "dcls")}
