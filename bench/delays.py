@@ -4,7 +4,9 @@ Run: ``python bench/delays.py`` (needs ``dcls==0.1.1`` and numba; about 3 minute
 
 A 700 -> 256 delay layer (SNN-delays on SHD), batch 32, at several ``max_delay`` D. Every implementation
 computes ``y`` from ``x [T, B, 700]`` (``x.requires_grad``, a layer inside a network) and back-propagates a
-fixed ``gy``; parameter gradients are reset between calls. Timings are medians over interleaved rounds.
+fixed ``gy``; parameter gradients are reset between calls. Timings are medians over rounds interleaving the
+others in a random order each round, then rounds of ``dcls`` alone (its large fresh buffers would slow the next
+call).
 
 - ``linear``: ``nn.Linear(700, 256)`` on ``[T, B, 700]`` (the cost floor).
 - ``int``: ours, ``dclszoo.DelayedLinear`` in integer mode (sigma 0: one tap per synapse, the sparse
@@ -30,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _cases import median_times  # noqa: E402
+from _cases import paired_then_reference  # noqa: E402
 from _memory import peak_extra_bytes, self_check  # noqa: E402
 
 from dclszoo import DelayedLinear  # noqa: E402
@@ -110,7 +112,7 @@ def main() -> None:
         assert not ours["int"].use_sparse() or ours["int"].taps_per_delay() == 1
         slow = 3 if steps * span > 5000 else 5
         reps = {"linear": args.repeats, "int": args.repeats, "narrow": args.repeats, "dcls": slow, "dense": slow}
-        t = median_times(fns, reps)
+        t = paired_then_reference(fns, reps, "dcls")
         mem = {k: float("nan") for k in fns} if args.no_memory else {k: peak_extra_bytes(f) / 2**20 for k, f in fns.items()}
         results[(steps, span)] = (t, mem)
         lin = t["linear"]
