@@ -223,7 +223,9 @@ _scratch = njit(**_INNER)(_scratch)
 
 
 @njit(**_OPTS)
-def construct_forward(w, p, s, st, rows, k_taps, ndim, gauss, lo, hi, bounded, floor, tail, n_chunks, s0, s1, out):
+def construct_forward(
+    w, p, s, st, rows, k_taps, ndim, gauss, lo, hi, bounded, floor, tail, thr, n_chunks, s0, s1, out,
+):
     # pragma: no cover - jitted
     """Dense kernel rows, flat ``out [R * S0 * S1]`` (``S1 = 1`` in 1-D), of the taps ``w [R, K]``,
     ``p [D, R, K]`` and ``s [D, R, K]`` given as flat storage and element strides ``st`` (see
@@ -232,7 +234,6 @@ def construct_forward(w, p, s, st, rows, k_taps, ndim, gauss, lo, hi, bounded, f
     n = k_taps * LANES
     n_blocks = (rows + LANES - 1) // LANES
     per = (n_blocks + n_chunks - 1) // n_chunks
-    thr = _F(np.exp(-np.float64(tail)))  # profile values below this (relative to the peak) are 0
     for chunk in prange(n_chunks):
         wl, pl, sl, chain, a0, a1, z0, z1, sc, den = _scratch(k_taps, s0, s1)
         bk = _buf(n * s0, _ZERO)
@@ -257,8 +258,8 @@ def construct_forward(w, p, s, st, rows, k_taps, ndim, gauss, lo, hi, bounded, f
 
 @njit(**_OPTS)
 def construct_backward(
-    w, p, s, st, rows, k_taps, g, ndim, gauss, lo, hi, bounded, floor, tail, n_chunks, s0, s1, need_w, need_p,
-    need_s, gs_full, gw, gp, gs, gs_part,
+    w, p, s, st, rows, k_taps, g, ndim, gauss, lo, hi, bounded, floor, tail, thr, n_chunks, s0, s1, need_w,
+    need_p, need_s, gs_full, gw, gp, gs, gs_part,
 ):  # pragma: no cover - jitted
     """Gradients of :func:`construct_forward` for the flat upstream ``g [R * S0 * S1]``: ``gw [R, K]``,
     ``gp [D, R, K]`` (straight through the clamp) and, for a Gaussian with ``need_s``, the sigma gradient per
@@ -268,7 +269,6 @@ def construct_backward(
     n = k_taps * LANES
     n_blocks = (rows + LANES - 1) // LANES
     per = (n_blocks + n_chunks - 1) // n_chunks
-    thr = _F(np.exp(-np.float64(tail)))  # profile values below this (relative to the peak) are 0
     need_s = need_s and gauss
     need_taps = need_p or need_s
     for chunk in prange(n_chunks):

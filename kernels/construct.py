@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 import os
 
 import numpy as np
@@ -107,7 +108,7 @@ def _rows(t: torch.Tensor, full: tuple[int, ...], rows: tuple[int, int, int]) ->
     view) and element strides. A copy is made only when the strides cannot be merged (e.g. a sigma shared over
     input channels but not output channels)."""
     if t.shape == full and t.is_contiguous():  # the common case: parameters of their full shape
-        d, r, k = rows
+        _, r, k = rows
         return t.detach().view(-1).numpy(), (r * k, k, 1)
     t = t.detach().expand(full)
     try:
@@ -138,6 +139,7 @@ class _Args:
         self.bounded = bounds is not None
         self.floor = np.float32(sigma_floor if sigma_floor is not None else 0.0)
         self.tail = np.float32(_GAUSS_TAIL)
+        self.thr = np.float32(math.exp(-_GAUSS_TAIL))  # the profile value of the tail cut (peak 1)
         blocks = -(-self.rows // _kernels().LANES)
         self.chunks = max(1, min(blocks, _CHUNKS_PER_THREAD * _threads()))
 
@@ -145,7 +147,7 @@ class _Args:
         return (self.w, self.p, self.s, self.strides, self.rows, self.k)
 
     def common(self):
-        return (self.ndim, self.gauss, self.lo, self.hi, self.bounded, self.floor, self.tail, self.chunks)
+        return (self.ndim, self.gauss, self.lo, self.hi, self.bounded, self.floor, self.tail, self.thr, self.chunks)
 
 
 def _bounds_list(bounds) -> list[float] | None:
