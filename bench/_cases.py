@@ -126,11 +126,20 @@ def paired_then_reference(
     finds caches, TLBs and heap swept, so interleaving it would charge its side effects to the others."""
     rest = {name: fn for name, fn in fns.items() if name != reference}
     times = median_times(rest, {name: repeats[name] for name in rest}, clock, faults)
-    ref_faults: dict[str, float] = {}
-    times.update(median_times({reference: fns[reference]}, {reference: repeats[reference]}, clock, ref_faults))
-    if faults is not None:
-        faults.update(ref_faults)
+    times.update(median_times({reference: fns[reference]}, {reference: repeats[reference]}, clock, faults))
     return times
+
+
+def print_fault_table(rows: list[tuple[str, dict[str, float]]], columns: dict[str, str]) -> None:
+    """The median minor page faults per call (``faults`` of :func:`median_times`) of each row, one column per
+    ``{label: function name}``."""
+    print()
+    print("Minor page faults per call (median; 4 KiB pages first written in fresh allocations, see _cases.median_times):")
+    print()
+    print("| case | " + " | ".join(columns) + " |")
+    print("|---" * (len(columns) + 1) + "|")
+    for name, faults in rows:
+        print(f"| {name} | " + " | ".join(f"{faults[key]:.0f}" for key in columns.values()) + " |")
 
 
 def row_parser(description: str) -> argparse.ArgumentParser:

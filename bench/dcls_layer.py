@@ -19,7 +19,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _cases import build, paired_then_reference, row_parser, selected_rows  # noqa: E402
+from _cases import build, paired_then_reference, print_fault_table, row_parser, selected_rows  # noqa: E402
 
 
 def _fwd_bwd(module: torch.nn.Module, x: torch.Tensor, gy: torch.Tensor):
@@ -57,13 +57,7 @@ def main() -> None:
             f"{t['ours'] / t['dense']:.3f}x | {t['dcls'] / t['dense']:.2f}x | {t['dcls'] / t['ours']:.2f}x |",
             flush=True,
         )
-    print()
-    print("Minor page faults per call (median; 4 KiB pages first written in fresh allocations, see _cases.median_times):")
-    print()
-    print("| case | dense conv of span | dclszoo | dcls 0.1.1 |")
-    print("|---|---|---|---|")
-    for name, f in fault_rows:
-        print(f"| {name} | {f['dense']:.0f} | {f['ours']:.0f} | {f['dcls']:.0f} |")
+    print_fault_table(fault_rows, {"dense conv of span": "dense", "dclszoo": "ours", "dcls 0.1.1": "dcls"})
 
 
 if __name__ == "__main__":

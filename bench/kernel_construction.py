@@ -26,7 +26,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _cases import build, paired_then_reference, row_parser, selected_rows  # noqa: E402
+from _cases import build, paired_then_reference, print_fault_table, row_parser, selected_rows  # noqa: E402
 from _memory import peak_extra_bytes, self_check  # noqa: E402
 
 from dclszoo.functional import dcls_kernel  # noqa: E402
@@ -113,13 +113,9 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for name, total, grads in breakdown:
         print(f"| {name} | {total:.2f}x | 1.00x | {grads:.2f}x | {total - 1 - grads:.2f}x |")
-    print()
-    print("Minor page faults per call (median; 4 KiB pages first written in fresh allocations, see _cases.median_times):")
-    print()
-    print("| case | dclszoo op | module.kernel() | dcls 0.1.1 | dense conv fwd+bwd |")
-    print("|---|---|---|---|---|")
-    for name, f in fault_rows:
-        print(f"| {name} | {f['op']:.0f} | {f['module']:.0f} | {f['dcls']:.0f} | {f['dense']:.0f} |")
+    print_fault_table(
+        fault_rows, {"dclszoo op": "op", "module.kernel()": "module", "dcls 0.1.1": "dcls", "dense conv fwd+bwd": "dense"}
+    )
 
 
 if __name__ == "__main__":
