@@ -9,7 +9,6 @@ convolutions with learnable spacings", ICLR 2024) with output length equal to in
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
