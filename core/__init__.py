@@ -5,6 +5,7 @@ are loaded by :func:`enable` (called automatically by the first :func:`patch`).
 """
 
 from . import functional
+from .functional import empty_cache
 from ._plugins import PluginInfo, PluginLoadError, PluginValidationError, enable, register_plugin
 from .api import is_patched, patch, to_dense, unpatch
 from .config import DclsConfig, DelayConfig, config_from_dict
@@ -20,6 +21,7 @@ from . import plugins  # noqa: E402  (must come after the imports above)
 __all__ = [
     "__version__",
     "functional",
+    "empty_cache",
     # modules
     "DclsConv1d",
     "DclsConv2d",

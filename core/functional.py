@@ -27,7 +27,7 @@ from dclszoo.kernels import construct as _fused
 from . import _construct as C
 from .reference import dcls_kernel_reference
 
-__all__ = ["dcls_kernel", "dcls_kernel_reference", "dcls_conv", "INTERPOLATIONS"]
+__all__ = ["dcls_kernel", "dcls_kernel_reference", "dcls_conv", "empty_cache", "INTERPOLATIONS"]
 
 INTERPOLATIONS = ("gauss", "bilinear")
 
@@ -253,3 +253,15 @@ def dcls_conv(
     kernel = dcls_kernel(weight, positions, sigma, span, interpolation)
     conv = (F.conv1d, F.conv2d, F.conv3d)[len(span) - 1]
     return conv(input, kernel.to(input.dtype), bias, stride, padding, dilation, groups)
+
+
+def empty_cache() -> None:
+    """Release the reusable CPU buffers of the fused construction kernels (as ``torch.cuda.empty_cache`` does for
+    CUDA's caching allocator).
+
+    On CPU the numba kernels take their large outputs (the dense kernel, the parameter gradients) from a pool
+    that hands a storage out again only once nothing references it; it keeps, between steps, what one step
+    needed at once. Buffers still in use are freed when their users let go. ``DCLSZOO_REUSE_BUFFERS=0`` disables
+    the pool.
+    """
+    _fused.empty_cache()

@@ -15,6 +15,9 @@ Backends of the construction:
 
 The environment variable ``DCLSZOO_CONSTRUCT_BACKEND=numba|torch|auto`` forces one; explicitly requesting
 ``numba`` where it cannot run raises instead of falling back.
+
+Eager calls take the kernel (forward) and the parameter gradients (backward) from a pool of reusable storages
+(:mod:`dclszoo.kernels._buffers`; ``DCLSZOO_REUSE_BUFFERS=0`` turns it off, ``dclszoo.empty_cache()`` frees it).
 """
 
 from __future__ import annotations
@@ -27,9 +30,14 @@ import os
 import numpy as np
 import torch
 
+from . import _buffers
+
 __all__ = [
     "BACKENDS", "ENV_BACKEND", "numba_available", "select_backend", "construct_forward", "construct_backward",
+    "empty_cache",
 ]
+
+empty_cache = _buffers.empty_cache
 
 BACKENDS = ("numba", "torch")
 ENV_BACKEND = "DCLSZOO_CONSTRUCT_BACKEND"
@@ -158,23 +166,33 @@ def _bounds_pair(flat: list[float] | None, ndim: int):
     return None if flat is None else (tuple(flat[:ndim]), tuple(flat[ndim:]))
 
 
-def _forward_impl(
-    weight: torch.Tensor, positions: torch.Tensor, sigma: torch.Tensor | None, span: list[int], gauss: bool,
-    bounds: list[float] | None, sigma_floor: float | None,
-) -> torch.Tensor:
+def _fresh(numel: int) -> torch.Tensor:
+    return torch.empty(numel, dtype=torch.float32)
+
+
+def _forward(weight, positions, sigma, span, gauss, bounds, sigma_floor, alloc) -> torch.Tensor:
+    """The forward kernel call; ``alloc(numel)`` gives the flat float32 output (fresh or pooled)."""
     span = tuple(span)
     a = _Args(weight, positions, sigma, span, "gauss" if gauss else "bilinear", _bounds_pair(bounds, len(span)),
               sigma_floor)
-    out = torch.empty((a.rows, a.s0, a.s1), dtype=torch.float32)
+    out = alloc(a.rows * a.s0 * a.s1)
     if a.rows and a.k:
-        _kernels().construct_forward(*a.taps(), *a.common(), a.s0, a.s1, out.numpy().reshape(-1))
+        _kernels().construct_forward(*a.taps(), *a.common(), a.s0, a.s1, out.numpy())
     else:
         out.zero_()
     return out.view(tuple(weight.shape[:2]) + span)
 
 
+def _forward_impl(
+    weight: torch.Tensor, positions: torch.Tensor, sigma: torch.Tensor | None, span: list[int], gauss: bool,
+    bounds: list[float] | None, sigma_floor: float | None,
+) -> torch.Tensor:
+    return _forward(weight, positions, sigma, span, gauss, bounds, sigma_floor, _fresh)
+
+
 # The numba calls are also custom ops, which torch.compile treats as opaque (it cannot trace numba); eager calls
-# skip the dispatcher.
+# skip the dispatcher and take their large outputs from the buffer pool (dclszoo.kernels._buffers), the custom
+# ops allocate fresh ones (compiled graphs plan their own buffers).
 _forward_op = torch.library.custom_op("dclszoo::construct_forward_numba", mutates_args=())(_forward_impl)
 
 
@@ -183,21 +201,19 @@ def _forward_fake(weight, positions, sigma, span, gauss, bounds, sigma_floor):
     return weight.new_empty(tuple(weight.shape[:2]) + tuple(span), dtype=torch.float32)
 
 
-def _backward_impl(
-    grad: torch.Tensor, weight: torch.Tensor, positions: torch.Tensor, sigma: torch.Tensor | None, span: list[int],
-    gauss: bool, bounds: list[float] | None, sigma_floor: float | None, need_w: bool, need_p: bool, need_s: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _backward(grad, weight, positions, sigma, span, gauss, bounds, sigma_floor, need_w, need_p, need_s, alloc):
+    """The backward kernel call; ``alloc(numel)`` gives the flat float32 parameter gradients (fresh or pooled)."""
     span = tuple(span)
     a = _Args(weight, positions, sigma, span, "gauss" if gauss else "bilinear", _bounds_pair(bounds, len(span)),
               sigma_floor)
     need_s = need_s and gauss
     f32 = dict(dtype=torch.float32)
     dummy = torch.zeros(1, **f32)
-    gw = torch.empty(a.rows * a.k, **f32) if need_w else dummy
-    gp = torch.empty(a.ndim * a.rows * a.k, **f32) if need_p else dummy
+    gw = alloc(a.rows * a.k) if need_w else dummy
+    gp = alloc(a.ndim * a.rows * a.k) if need_p else dummy
     s4 = (1,) * (4 - sigma.dim()) + tuple(sigma.shape) if need_s else None
     gs_full = need_s and not (s4[1] == 1 and s4[2] == 1)
-    gs = torch.empty(a.ndim * a.rows * a.k, **f32) if gs_full else dummy
+    gs = alloc(a.ndim * a.rows * a.k) if gs_full else dummy
     gs_part = torch.zeros(a.chunks * a.ndim * a.k, **f32) if need_s and not gs_full else dummy
     g = grad.detach().contiguous().view(-1)  # a copy only for non-contiguous gradients (e.g. of kernel.sum())
     if a.rows and a.k and (need_w or need_p or need_s):
@@ -216,6 +232,13 @@ def _backward_impl(
         full = gs.view(a.shape4) if gs_full else gs_part.view(a.chunks, a.ndim, a.k).sum(0).view(a.ndim, 1, 1, a.k)
         grad_s = full.sum_to_size(s4).reshape(sigma.shape)
     return grad_w, grad_p, grad_s
+
+
+def _backward_impl(
+    grad: torch.Tensor, weight: torch.Tensor, positions: torch.Tensor, sigma: torch.Tensor | None, span: list[int],
+    gauss: bool, bounds: list[float] | None, sigma_floor: float | None, need_w: bool, need_p: bool, need_s: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward(grad, weight, positions, sigma, span, gauss, bounds, sigma_floor, need_w, need_p, need_s, _fresh)
 
 
 _backward_op = torch.library.custom_op("dclszoo::construct_backward_numba", mutates_args=())(_backward_impl)
@@ -251,8 +274,9 @@ def construct_forward(
     """
     gauss = interpolation == "gauss"
     args = (weight.detach(), positions.detach(), sigma.detach() if gauss else None)
-    op = _forward_impl if _plain(*args) else _forward_op
-    return op(*args, list(span), gauss, _bounds_list(bounds), sigma_floor)
+    if _plain(*args):
+        return _forward(*args, span, gauss, _bounds_list(bounds), sigma_floor, _buffers.empty)
+    return _forward_op(*args, list(span), gauss, _bounds_list(bounds), sigma_floor)
 
 
 def construct_backward(
@@ -275,6 +299,9 @@ def construct_backward(
     need_w, need_p, need_s = (bool(x) for x in needs)
     need_s = need_s and gauss
     args = (grad, weight.detach(), positions.detach(), sigma.detach() if gauss else None)
-    op = _backward_impl if _plain(*args) else _backward_op
-    gw, gp, gs = op(*args, list(span), gauss, _bounds_list(bounds), sigma_floor, need_w, need_p, need_s)
+    rest = (gauss, _bounds_list(bounds), sigma_floor, need_w, need_p, need_s)
+    if _plain(*args):
+        gw, gp, gs = _backward(*args, span, *rest, _buffers.empty)
+    else:
+        gw, gp, gs = _backward_op(*args, list(span), *rest)
     return (gw if need_w else None), (gp if need_p else None), (gs if need_s else None)
