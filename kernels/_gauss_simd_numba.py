@@ -55,10 +55,11 @@ def _profile_direct(context, builder, aty, a_v, a0_v, z_ptr, u0, coef, limit, n_
         builder.store(builder.fadd(u, _splat(1.0), flags=_FAST), u_ptr)
 
 
-def _profile_walk(context, builder, aty, a_v, a0_v, z_ptr, start, value, ratio, q2, threshold, count, step):
+def _profile_walk(context, builder, aty, a_v, a0_v, z_ptr, start, value, ratio, q2, threshold, count, step, flush):
     """From the grid point ``start`` (its value already stored and summed), ``count`` points in direction
-    ``step`` (+-1): ``value *= ratio; ratio *= q2``, stored as 0 below ``threshold``; values and ratios below
-    ``2**-SAFE`` are flushed to 0 (they only decrease from there: no denormals)."""
+    ``step`` (+-1): ``value *= ratio; ratio *= q2``, stored as 0 below ``threshold``; with ``flush``, values and
+    ratios below ``2**-SAFE`` are flushed to 0 (they only decrease from there: no denormals). Without it the
+    caller knows every value of the walk is at least ``2**-SAFE``."""
     i64 = ir.IntType(64)
     tiny = _splat(2.0 ** -_SAFE)
     v_ptr, r_ptr = cgutils.alloca_once(builder, _VEC), cgutils.alloca_once(builder, _VEC)
@@ -67,9 +68,11 @@ def _profile_walk(context, builder, aty, a_v, a0_v, z_ptr, start, value, ratio, 
     with cgutils.for_range(builder, count, intp=i64) as loop:
         r = builder.load(r_ptr)
         v = builder.fmul(builder.load(v_ptr), r, flags=_FAST)
-        v = builder.select(builder.fcmp_ordered("<", v, tiny), _splat(0.0), v)
         r = builder.fmul(r, q2, flags=_FAST)
-        builder.store(builder.select(builder.fcmp_ordered("<", r, tiny), _splat(0.0), r), r_ptr)
+        if flush:
+            v = builder.select(builder.fcmp_ordered("<", v, tiny), _splat(0.0), v)
+            r = builder.select(builder.fcmp_ordered("<", r, tiny), _splat(0.0), r)
+        builder.store(r, r_ptr)
         builder.store(v, v_ptr)
         out = builder.select(builder.fcmp_ordered(">", v, threshold), v, _splat(0.0))
         j = builder.add(start, builder.mul(builder.add(loop.index, ir.Constant(i64, 1)), ir.Constant(i64, step)))
@@ -131,11 +134,25 @@ def vgauss_profile(typingctx, a, a0, z, z0, p, sg, v0, c0, n, tail, thr):
                 builder.store(first, _vec_pointer(context, builder, aty[0], a_v, index), align=4)
                 builder.store(first, z_ptr)
                 up = builder.sub(builder.sub(n_v, mid), ir.Constant(i64, 1))
-                for ratio, count, step in ((t_up, up, 1), (t_down, mid, -1)):
+                ratios = []
+                for ratio in (t_up, t_down):
                     # a ratio below 2**-100 (clamped there: only larger) takes the next value below the threshold
                     ratio = builder.select(builder.fcmp_ordered("<", ratio, _splat(-100.0)), _splat(-100.0), ratio)
-                    _profile_walk(context, builder, aty, a_v, a0_v, z_ptr, mid, value, _exp2(builder, ratio), q2,
-                                  threshold, count, step)
+                    ratios.append(_exp2(builder, ratio))
+                # both ends of the span at least 2**-SAFE in every lane (the usual case): nothing to flush
+                u_lo = builder.fsub(_broadcast(builder, c0_v), pos, flags=_FAST)
+                u_hi = builder.fadd(u_lo, _broadcast(builder, builder.sitofp(builder.sub(n_v, ir.Constant(i64, 1)),
+                                                                              ir.FloatType())), flags=_FAST)
+                ends = builder.and_(builder.fcmp_ordered(">=", fm(fm(u_lo, u_lo), coef), _splat(-_SAFE)),
+                                    builder.fcmp_ordered(">=", fm(fm(u_hi, u_hi), coef), _splat(-_SAFE)))
+                in_range = builder.icmp_unsigned("==", builder.bitcast(ends, ir.IntType(WIDTH)),
+                                                 ir.Constant(ir.IntType(WIDTH), -1))
+                with builder.if_else(in_range) as (plain, flushed):
+                    for block, flush in ((plain, False), (flushed, True)):
+                        with block:
+                            for ratio, count, step in ((ratios[0], up, 1), (ratios[1], mid, -1)):
+                                _profile_walk(context, builder, aty, a_v, a0_v, z_ptr, mid, value, ratio, q2,
+                                              threshold, count, step, flush)
             with direct:
                 _profile_direct(context, builder, aty, a_v, a0_v, z_ptr, builder.fsub(_broadcast(builder, c0_v), pos,
                                 flags=_FAST), coef, limit, n_v)
