@@ -7,7 +7,9 @@ reference is gone. Outputs sharing a storage with an input (views, in-place ops)
 maximum of the live total taken there is the peak. Storages allocated before the mode was entered are not
 counted: the figure is the *extra* memory of the region. What it cannot see: scratch buffers a single aten
 kernel allocates and frees internally (none of the ops used by the kernel constructions are of that kind
-except BLAS workspaces, which live outside torch's allocator anyway).
+except BLAS workspaces, which live outside torch's allocator anyway), and storages allocated before the region
+that a buffer pool hands out again: :func:`peak_extra_bytes` therefore turns dclszoo's pool off
+(``DCLSZOO_REUSE_BUFFERS=0``) while it measures, so that every call allocates what it needs.
 
 :func:`self_check` runs the tracker on allocation patterns whose peak is known by construction and raises if
 it is wrong; the benchmark scripts call it before measuring anything.
@@ -15,12 +17,15 @@ it is wrong; the benchmark scripts call it before measuring anything.
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.multiprocessing.reductions import StorageWeakRef
+
+from dclszoo.kernels._buffers import ENV_REUSE
 
 __all__ = ["PeakMemory", "peak_extra_bytes", "self_check"]
 
@@ -62,10 +67,19 @@ class PeakMemory(TorchDispatchMode):
 
 
 def peak_extra_bytes(fn: Callable[[], object]) -> int:
-    """Peak bytes of storages allocated while ``fn()`` runs (what it returns is dropped afterwards)."""
-    with PeakMemory() as mem:
-        result = fn()
-        del result
+    """Peak bytes of storages allocated while ``fn()`` runs (what it returns is dropped afterwards), with
+    dclszoo's buffer pool off."""
+    saved = os.environ.get(ENV_REUSE)
+    os.environ[ENV_REUSE] = "0"
+    try:
+        with PeakMemory() as mem:
+            result = fn()
+            del result
+    finally:
+        if saved is None:
+            del os.environ[ENV_REUSE]
+        else:
+            os.environ[ENV_REUSE] = saved
     return mem.peak
 
 

@@ -14,8 +14,10 @@ beforehand. Timings: medians over rounds interleaving the op, ``kernel()`` and t
 each round, then rounds of ``dcls`` alone (its gigabytes of fresh buffers per call would slow whatever ran after
 it). Peak extra memory = peak bytes of tensor storages allocated during that call (``bench/_memory.py``,
 self-checked at start-up): it includes the output kernel itself (1x) and the parameter gradients, and is given
-as a multiple of the dense kernel's own float32 size. Targets (issue 2): op peak extra <= 2x, op >= 20x faster
-than dcls.
+as a multiple of the dense kernel's own float32 size. It is measured with the buffer pool of the CPU kernels off
+(``DCLSZOO_REUSE_BUFFERS=0``): with it on, the call would get storages allocated before the measured region,
+which the tracker does not count (``bench/_memory.py`` turns it off). What the pool keeps between calls is given in a column of its own. Targets
+(issue 2): op peak extra <= 2x, op >= 20x faster than dcls.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _cases import build, paired_then_reference, print_fault_table, row_parser, selected_rows  # noqa: E402
 from _memory import peak_extra_bytes, self_check  # noqa: E402
 
-from dclszoo.functional import dcls_kernel  # noqa: E402
+from dclszoo.functional import dcls_kernel, empty_cache  # noqa: E402
+from dclszoo.kernels import _buffers  # noqa: E402
 from dclszoo.modules.dcls_conv import SIGMA_FLOOR  # noqa: E402
 
 
@@ -71,6 +74,15 @@ def _builders(case, dense, ours, theirs):
     return {"op": op, "module": module, "dcls": reference, "dense": dense_conv}
 
 
+def _pool_keeps(fn) -> int:
+    """Bytes the buffer pool references after one call of ``fn`` from an empty pool."""
+    empty_cache()
+    fn()
+    kept = _buffers.cached_bytes()
+    empty_cache()
+    return kept
+
+
 def main() -> None:
     args = row_parser(__doc__.splitlines()[0]).parse_args()
     torch.set_num_threads(args.threads)
@@ -83,9 +95,9 @@ def main() -> None:
     print()
     print(
         "| case | dense kernel | dclszoo op | module.kernel() | dcls 0.1.1 | dcls / op | op / dense conv | "
-        "dcls / dense conv | dense conv fwd+bwd | peak extra: op | module.kernel() | dcls |"
+        "dcls / dense conv | dense conv fwd+bwd | peak extra: op | module.kernel() | dcls | pool keeps |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     breakdown, fault_rows = [], []
     for case in rows:
         dense, ours, theirs = build(case)
@@ -97,13 +109,14 @@ def main() -> None:
         fault_rows.append((case.name, faults))
         kernel_bytes = 4 * case.kernel_numel
         mem = {name: peak_extra_bytes(fns[name]) / kernel_bytes for name in ("op", "module", "dcls")}
+        kept = _pool_keeps(fns["op"]) / kernel_bytes
         grads = sum(p.numel() for p in (ours.weight, ours.positions, ours.sigma)) * 4 / kernel_bytes
         breakdown.append((case.name, mem["op"], grads))
         print(
             f"| {case.name} | {kernel_bytes / 2**20:.2f} MiB | {t['op']:.4f} | {t['module']:.4f} | "
             f"{t['dcls']:.4f} | {t['dcls'] / t['op']:.0f}x | {t['op'] / t['dense']:.3f} | "
             f"{t['dcls'] / t['dense']:.3f} | {t['dense']:.4f} | {mem['op']:.2f}x | {mem['module']:.2f}x | "
-            f"{mem['dcls']:.1f}x |",
+            f"{mem['dcls']:.1f}x | {kept:.2f}x |",
             flush=True,
         )
     print()
