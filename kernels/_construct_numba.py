@@ -24,7 +24,7 @@ from numba import njit, prange
 
 from ._gauss_simd_numba import vgauss_grads, vgauss_profile
 from ._simd_numba import (
-    WIDTH, vclamp, vcopy, vdot, vdot4, vfloor_sigma, vgather, vprefetch, vscale, vscatter, vtranspose,
+    WIDTH, vclamp, vcopy, vdot, vfloor_sigma, vgather, vprefetch, vscale, vscatter, vtile, vtranspose,
 )
 
 LANES = WIDTH  # rows per block
@@ -35,19 +35,59 @@ _EPS = _F(1e-7)  # dclszoo.reference.GAUSS_EPS
 
 _OPTS = dict(parallel=True, fastmath=True, nogil=True, cache=True, error_model="numpy")
 _INNER = dict(fastmath=True, nogil=True, inline="always", error_model="numpy")
+_CALLED = dict(fastmath=True, nogil=True, error_model="numpy")  # compiled once (16 literal tile shapes inside)
+
+
+@njit(**_CALLED)
+def _tile(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, rows, cols):  # pragma: no cover - jitted
+    """:func:`vtile` with run-time ``rows, cols <= 4`` (one literal instance per shape)."""
+    if rows == 4:
+        if cols == 4:
+            vtile(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, 4, 4)
+        elif cols == 3:
+            vtile(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, 4, 3)
+        elif cols == 2:
+            vtile(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, 4, 2)
+        else:
+            vtile(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, 4, 1)
+    elif rows == 3:
+        if cols == 4:
+            vtile(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, 3, 4)
+        elif cols == 3:
+            vtile(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, 3, 3)
+        elif cols == 2:
+            vtile(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, 3, 2)
+        else:
+            vtile(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, 3, 1)
+    elif rows == 2:
+        if cols == 4:
+            vtile(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, 2, 4)
+        elif cols == 3:
+            vtile(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, 2, 3)
+        elif cols == 2:
+            vtile(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, 2, 2)
+        else:
+            vtile(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, 2, 1)
+    else:
+        if cols == 4:
+            vtile(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, 1, 4)
+        elif cols == 3:
+            vtile(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, 1, 3)
+        elif cols == 2:
+            vtile(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, 1, 2)
+        else:
+            vtile(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, 1, 1)
 
 
 @njit(**_INNER)
-def _columns(dst, d0, dc, x, x0, xs, y, y0, ys, yc, n, cols):  # pragma: no cover - jitted
-    """``cols`` :func:`vdot` columns sharing ``x``: ``dst[d0 + c*dc]`` = sum_j ``x[x0 + j*xs] * y[y0 + j*ys + c*yc]``,
-    four at a time (:func:`vdot4`: each ``x`` vector loaded once per four columns)."""
-    c = 0
-    while c + 4 <= cols:
-        vdot4(dst, d0 + c * dc, dc, x, x0, xs, y, y0 + c * yc, ys, yc, n)
-        c += 4
-    while c < cols:
-        vdot(dst, d0 + c * dc, False, x, x0, xs, y, y0 + c * yc, ys, n)
-        c += 1
+def _tiles(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, rows, cols):  # pragma: no cover - jitted
+    """``dst[d0 + r*dr + c*dc]`` = sum_j ``x[x0 + j*xs + r*xr] * y[y0 + j*ys + c*yc]`` (vectors of ``W``) for
+    ``r < rows``, ``c < cols``: a small matrix product in register tiles of up to 4 x 4 (:func:`vtile`)."""
+    for r in range(0, rows, 4):
+        tr = min(4, rows - r)
+        for c in range(0, cols, 4):
+            _tile(dst, d0 + r * dr + c * dc, dr, dc, x, x0 + r * xr, xs, xr, y, y0 + c * yc, ys, yc, n, tr,
+                  min(4, cols - c))
 
 
 @njit(**_INNER)
@@ -245,13 +285,11 @@ def construct_forward(
             _profiles(ndim, gauss, k_taps, s0, s1, pl, sl, tail, thr, a0, a1, z0, z1)
             _scale(gauss, n, wl, z0, z1, sc, den)
             if ndim == 1:  # acc[x] = sum_k sc[k] a0[k, x]
-                _columns(acc, 0, LANES, sc, 0, LANES, a0, 0, s0 * LANES, LANES, k_taps, s0)
+                _tiles(acc, 0, 0, LANES, sc, 0, LANES, 0, a0, 0, s0 * LANES, LANES, k_taps, 1, s0)
             else:  # acc[x0, x1] = sum_k (sc a0)[k, x0] a1[k, x1]
                 for k in range(k_taps):
                     vscale(bk, k * s0 * LANES, a0, k * s0 * LANES, sc, k * LANES, s0)
-                for x0 in range(s0):
-                    _columns(acc, x0 * s1 * LANES, LANES, bk, x0 * LANES, s0 * LANES, a1, 0, s1 * LANES, LANES,
-                             k_taps, s1)
+                _tiles(acc, 0, s1 * LANES, LANES, bk, 0, s0 * LANES, LANES, a1, 0, s1 * LANES, LANES, k_taps, s0, s1)
             _store_rows(acc, out, r0, min(LANES, rows - r0), m)
             vprefetch(out, (r0 + LANES) * m, LANES * m, True)  # the next block's output rows
 
@@ -292,13 +330,10 @@ def construct_backward(
                 e_0, e_tap0 = glf, 0
             else:
                 e_0, e_tap0 = e0, s0 * LANES
-                for x0 in range(s0):  # columns: the taps
-                    _columns(e0, x0 * LANES, s0 * LANES, glf, x0 * s1 * LANES, LANES, a1, 0, LANES, s1 * LANES,
-                             s1, k_taps)
+                _tiles(e0, 0, LANES, s0 * LANES, glf, 0, LANES, s1 * LANES, a1, 0, LANES, s1 * LANES, s1, s0, k_taps)
                 if need_taps:
-                    for k in range(k_taps):  # columns: x1
-                        _columns(e1, k * s1 * LANES, LANES, a0, k * s0 * LANES, LANES, glf, 0, s1 * LANES, LANES,
-                                 s0, s1)
+                    _tiles(e1, 0, s1 * LANES, LANES, a0, 0, LANES, s0 * LANES, glf, 0, s1 * LANES, LANES, s0, k_taps,
+                           s1)
             for k in range(k_taps):  # dL/dscale[k] = sum_x0 A_0[k, x0] E_0[k, x0]
                 vdot(gsc, k * LANES, False, a0, k * s0 * LANES, LANES, e_0, k * e_tap0, LANES, s0)
             if need_taps:
