@@ -24,7 +24,7 @@ from numba import njit, prange
 
 from ._gauss_simd_numba import vgauss_grads, vgauss_profile
 from ._simd_numba import (
-    WIDTH, vclamp, vcopy, vdot, vfloor_sigma, vgather, vprefetch, vscale, vscatter, vtile, vtranspose,
+    TILE, WIDTH, vclamp, vcopy, vdot, vfloor_sigma, vgather, vprefetch, vscale, vscatter, vtile, vtranspose,
 )
 
 LANES = WIDTH  # rows per block
@@ -35,59 +35,25 @@ _EPS = _F(1e-7)  # dclszoo.reference.GAUSS_EPS
 
 _OPTS = dict(parallel=True, fastmath=True, nogil=True, cache=True, error_model="numpy")
 _INNER = dict(fastmath=True, nogil=True, inline="always", error_model="numpy")
-_CALLED = dict(fastmath=True, nogil=True, error_model="numpy")  # compiled once (16 literal tile shapes inside)
+_CALLED = dict(fastmath=True, nogil=True, error_model="numpy")  # compiled once, called
 
 
 @njit(**_CALLED)
 def _tile(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, rows, cols):  # pragma: no cover - jitted
-    """:func:`vtile` with run-time ``rows, cols <= 4`` (one literal instance per shape)."""
-    if rows == 4:
-        if cols == 4:
-            vtile(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, 4, 4)
-        elif cols == 3:
-            vtile(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, 4, 3)
-        elif cols == 2:
-            vtile(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, 4, 2)
-        else:
-            vtile(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, 4, 1)
-    elif rows == 3:
-        if cols == 4:
-            vtile(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, 3, 4)
-        elif cols == 3:
-            vtile(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, 3, 3)
-        elif cols == 2:
-            vtile(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, 3, 2)
-        else:
-            vtile(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, 3, 1)
-    elif rows == 2:
-        if cols == 4:
-            vtile(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, 2, 4)
-        elif cols == 3:
-            vtile(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, 2, 3)
-        elif cols == 2:
-            vtile(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, 2, 2)
-        else:
-            vtile(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, 2, 1)
-    else:
-        if cols == 4:
-            vtile(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, 1, 4)
-        elif cols == 3:
-            vtile(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, 1, 3)
-        elif cols == 2:
-            vtile(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, 1, 2)
-        else:
-            vtile(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, 1, 1)
+    """:func:`vtile` compiled once as a function of its own (its 16 shapes inlined at every call site would
+    lengthen the first compilation by a third)."""
+    vtile(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, rows, cols)
 
 
 @njit(**_INNER)
 def _tiles(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, rows, cols):  # pragma: no cover - jitted
     """``dst[d0 + r*dr + c*dc]`` = sum_j ``x[x0 + j*xs + r*xr] * y[y0 + j*ys + c*yc]`` (vectors of ``W``) for
-    ``r < rows``, ``c < cols``: a small matrix product in register tiles of up to 4 x 4 (:func:`vtile`)."""
-    for r in range(0, rows, 4):
-        tr = min(4, rows - r)
-        for c in range(0, cols, 4):
+    ``r < rows``, ``c < cols``: a small matrix product in register tiles of up to ``TILE x TILE`` (:func:`vtile`)."""
+    for r in range(0, rows, TILE):
+        tr = min(TILE, rows - r)
+        for c in range(0, cols, TILE):
             _tile(dst, d0 + r * dr + c * dc, dr, dc, x, x0 + r * xr, xs, xr, y, y0 + c * yc, ys, yc, n, tr,
-                  min(4, cols - c))
+                  min(TILE, cols - c))
 
 
 @njit(**_INNER)

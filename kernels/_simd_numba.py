@@ -71,47 +71,64 @@ def vdot(typingctx, dst, d0, add, x, x0, xs, y, y0, ys, n):
     return sig, codegen
 
 
-@intrinsic(prefer_literal=True)
+def _tile_loop(context, builder, aty, args, n_rows, n_cols):
+    """The code of one :func:`vtile` shape (``n_rows x n_cols`` sums kept in registers over the ``j`` loop)."""
+    dst_v, x_v, y_v = args[0], args[4], args[8]
+    d0_v, dr_v, dc_v, x0_v, xs_v, xr_v, y0_v, ys_v, yc_v, n_v = (
+        context.cast(builder, args[i], aty[i], types.int64) for i in (1, 2, 3, 5, 6, 7, 9, 10, 11, 12))
+    i64 = ir.IntType(64)
+    accs = [[cgutils.alloca_once(builder, _VEC) for _ in range(n_cols)] for _ in range(n_rows)]
+    for row in accs:
+        for acc in row:
+            builder.store(_splat(0.0), acc)
+    with cgutils.for_range(builder, n_v, intp=i64) as loop:
+        xj = builder.add(x0_v, builder.mul(loop.index, xs_v))
+        yj = builder.add(y0_v, builder.mul(loop.index, ys_v))
+        vx = [_load_vec(context, builder, aty[4], x_v, builder.add(xj, builder.mul(ir.Constant(i64, r), xr_v)))
+              for r in range(n_rows)]
+        vy = [_load_vec(context, builder, aty[8], y_v, builder.add(yj, builder.mul(ir.Constant(i64, c), yc_v)))
+              for c in range(n_cols)]
+        for r in range(n_rows):
+            for c in range(n_cols):
+                acc = accs[r][c]
+                builder.store(builder.fadd(builder.load(acc), builder.fmul(vx[r], vy[c], flags=_FAST), flags=_FAST),
+                              acc)
+    for r in range(n_rows):
+        for c in range(n_cols):
+            index = builder.add(d0_v, builder.add(builder.mul(ir.Constant(i64, r), dr_v),
+                                                  builder.mul(ir.Constant(i64, c), dc_v)))
+            builder.store(builder.load(accs[r][c]), _vec_pointer(context, builder, aty[0], dst_v, index), align=4)
+
+
+TILE = 4  # largest tile side of vtile
+
+
+@intrinsic
 def vtile(typingctx, dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, rows, cols):
-    """A register tile of ``rows x cols`` :func:`vdot` sums (``rows``, ``cols``: literal ints <= 4):
+    """A register tile of ``rows x cols`` :func:`vdot` sums (``1 <= rows, cols <= TILE``, a code path per shape):
     ``dst[d0 + r*dr + c*dc : +W] = sum_{j<n} x[x0 + j*xs + r*xr : +W] * y[y0 + j*ys + c*yc : +W]``.
 
     Each step of ``j`` loads ``rows + cols`` vectors for ``rows * cols`` products (a column-at-a-time
-    :func:`vdot` loads two per product)."""
+    :func:`vdot` loads two per product). Other ``rows``/``cols`` do nothing (callers split larger products)."""
     if not _check_arrays(dst, x, y):
         return None
-    if not all(isinstance(t, types.IntegerLiteral) and 1 <= t.literal_value <= 4 for t in (rows, cols)):
-        return None
-    n_rows, n_cols = rows.literal_value, cols.literal_value
     sig = types.void(dst, d0, dr, dc, x, x0, xs, xr, y, y0, ys, yc, n, rows, cols)
 
     def codegen(context, builder, signature, args):
         aty = signature.args
-        dst_v, x_v, y_v = args[0], args[4], args[8]
-        d0_v, dr_v, dc_v, x0_v, xs_v, xr_v, y0_v, ys_v, yc_v, n_v = (
-            context.cast(builder, args[i], aty[i], types.int64) for i in (1, 2, 3, 5, 6, 7, 9, 10, 11, 12))
         i64 = ir.IntType(64)
-        accs = [[cgutils.alloca_once(builder, _VEC) for _ in range(n_cols)] for _ in range(n_rows)]
-        for row in accs:
-            for acc in row:
-                builder.store(_splat(0.0), acc)
-        with cgutils.for_range(builder, n_v, intp=i64) as loop:
-            xj = builder.add(x0_v, builder.mul(loop.index, xs_v))
-            yj = builder.add(y0_v, builder.mul(loop.index, ys_v))
-            vx = [_load_vec(context, builder, aty[4], x_v, builder.add(xj, builder.mul(ir.Constant(i64, r), xr_v)))
-                  for r in range(n_rows)]
-            vy = [_load_vec(context, builder, aty[8], y_v, builder.add(yj, builder.mul(ir.Constant(i64, c), yc_v)))
-                  for c in range(n_cols)]
-            for r in range(n_rows):
-                for c in range(n_cols):
-                    acc = accs[r][c]
-                    builder.store(builder.fadd(builder.load(acc), builder.fmul(vx[r], vy[c], flags=_FAST),
-                                               flags=_FAST), acc)
-        for r in range(n_rows):
-            for c in range(n_cols):
-                index = builder.add(d0_v, builder.add(builder.mul(ir.Constant(i64, r), dr_v),
-                                                      builder.mul(ir.Constant(i64, c), dc_v)))
-                builder.store(builder.load(accs[r][c]), _vec_pointer(context, builder, aty[0], dst_v, index), align=4)
+        rows_v, cols_v = (context.cast(builder, args[i], aty[i], types.int64) for i in (13, 14))
+        shape = builder.add(builder.mul(rows_v, ir.Constant(i64, TILE + 1)), cols_v)
+        done = builder.append_basic_block("vtile.done")
+        switch = builder.switch(shape, done)
+        for n_rows in range(1, TILE + 1):
+            for n_cols in range(1, TILE + 1):
+                case = builder.append_basic_block(f"vtile.{n_rows}x{n_cols}")
+                switch.add_case(ir.Constant(i64, n_rows * (TILE + 1) + n_cols), case)
+                with builder.goto_block(case):
+                    _tile_loop(context, builder, aty, args, n_rows, n_cols)
+                    builder.branch(done)
+        builder.position_at_end(done)
         return context.get_dummy_value()
 
     return sig, codegen
