@@ -165,3 +165,22 @@ def test_no_two_holders_under_threads():
         t.join()
     assert not errors
     assert _buffers.cached_bytes() <= 4 * numel * 4
+
+
+def test_inference_mode_and_training_share_the_pool(monkeypatch):
+    """Pooled storages pass between inference-mode, no-grad and training calls with the same values."""
+    torch.manual_seed(0)
+    layer = dclszoo.DclsConv2d(64, 64, 9, 7, padding=3)
+    x = torch.randn(2, 64, 9, 9)
+    with monkeypatch.context() as m:
+        m.setenv(construct.ENV_BACKEND, "torch")
+        with torch.no_grad():
+            ref = layer(x)
+    with torch.inference_mode():
+        first = layer(x)
+    layer(x).sum().backward()
+    with torch.inference_mode():
+        again = layer(x)
+    assert _buffers.cached_bytes() > 0
+    for y in (first, again):
+        torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
