@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from dclszoo.kernels import _buffers
 from dclszoo.kernels import construct as _fused
 
 from . import _construct as C
@@ -264,4 +265,4 @@ def empty_cache() -> None:
     needed at once. Buffers still in use are freed when their users let go. ``DCLSZOO_REUSE_BUFFERS=0`` disables
     the pool.
     """
-    _fused.empty_cache()
+    _buffers.empty_cache()

@@ -38,7 +38,7 @@ def reuse_enabled() -> bool:
 
 def empty(numel: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """An uninitialised flat CPU tensor of ``numel`` elements, on a pooled storage no one else references."""
-    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    nbytes = numel * dtype.itemsize
     if nbytes < MIN_BYTES or not reuse_enabled():
         return torch.empty(numel, dtype=dtype)
     with _lock:  # the check and the hand-out must not interleave with another thread's

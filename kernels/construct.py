@@ -34,10 +34,7 @@ from . import _buffers
 
 __all__ = [
     "BACKENDS", "ENV_BACKEND", "numba_available", "select_backend", "construct_forward", "construct_backward",
-    "empty_cache",
 ]
-
-empty_cache = _buffers.empty_cache
 
 BACKENDS = ("numba", "torch")
 ENV_BACKEND = "DCLSZOO_CONSTRUCT_BACKEND"
@@ -166,6 +163,12 @@ def _bounds_pair(flat: list[float] | None, ndim: int):
     return None if flat is None else (tuple(flat[:ndim]), tuple(flat[ndim:]))
 
 
+def _args(weight, positions, sigma, span, gauss, bounds, sigma_floor) -> _Args:
+    """:class:`_Args` from the custom ops' flat argument forms (``gauss`` flag, ``bounds`` list)."""
+    return _Args(weight, positions, sigma, span, "gauss" if gauss else "bilinear", _bounds_pair(bounds, len(span)),
+                 sigma_floor)
+
+
 def _fresh(numel: int) -> torch.Tensor:
     return torch.empty(numel, dtype=torch.float32)
 
@@ -173,8 +176,7 @@ def _fresh(numel: int) -> torch.Tensor:
 def _forward(weight, positions, sigma, span, gauss, bounds, sigma_floor, alloc) -> torch.Tensor:
     """The forward kernel call; ``alloc(numel)`` gives the flat float32 output (fresh or pooled)."""
     span = tuple(span)
-    a = _Args(weight, positions, sigma, span, "gauss" if gauss else "bilinear", _bounds_pair(bounds, len(span)),
-              sigma_floor)
+    a = _args(weight, positions, sigma, span, gauss, bounds, sigma_floor)
     out = alloc(a.rows * a.s0 * a.s1)
     if a.rows and a.k:
         _kernels().construct_forward(*a.taps(), *a.common(), a.s0, a.s1, out.numpy())
@@ -204,8 +206,7 @@ def _forward_fake(weight, positions, sigma, span, gauss, bounds, sigma_floor):
 def _backward(grad, weight, positions, sigma, span, gauss, bounds, sigma_floor, need_w, need_p, need_s, alloc):
     """The backward kernel call; ``alloc(numel)`` gives the flat float32 parameter gradients (fresh or pooled)."""
     span = tuple(span)
-    a = _Args(weight, positions, sigma, span, "gauss" if gauss else "bilinear", _bounds_pair(bounds, len(span)),
-              sigma_floor)
+    a = _args(weight, positions, sigma, span, gauss, bounds, sigma_floor)
     need_s = need_s and gauss
     f32 = dict(dtype=torch.float32)
     dummy = torch.zeros(1, **f32)
