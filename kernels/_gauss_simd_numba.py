@@ -119,6 +119,7 @@ def vgauss_profile(typingctx, a, a0, z, z0, p, sg, v0, c0, n, tail, thr):
         t_up = fm(coef, builder.fadd(fm(um, _splat(2.0)), _splat(1.0), flags=_FAST))
         t_down = fm(coef, builder.fsub(_splat(1.0), fm(um, _splat(2.0)), flags=_FAST))
         t_q = fm(coef, _splat(2.0))
+        u_lo = builder.fsub(_broadcast(builder, c0_v), pos, flags=_FAST)  # u at the first grid point
         ok = builder.and_(builder.fcmp_ordered(">=", t_mid, _splat(-_SAFE)), builder.fcmp_ordered(">=", t_q, _splat(-_SAFE)))
         ok = builder.and_(ok, builder.fcmp_ordered("<=", t_up, _splat(_SAFE)))
         ok = builder.and_(ok, builder.fcmp_ordered("<=", t_down, _splat(_SAFE)))
@@ -128,7 +129,6 @@ def vgauss_profile(typingctx, a, a0, z, z0, p, sg, v0, c0, n, tail, thr):
                 keep = builder.fcmp_ordered(">", t_mid, limit)
                 value = _exp2(builder, t_mid)
                 first = builder.select(keep, value, _splat(0.0))
-                threshold = thr_v
                 q2 = _exp2(builder, t_q)
                 index = builder.add(a0_v, builder.mul(mid, ir.Constant(i64, WIDTH)))
                 builder.store(first, _vec_pointer(context, builder, aty[0], a_v, index), align=4)
@@ -140,7 +140,6 @@ def vgauss_profile(typingctx, a, a0, z, z0, p, sg, v0, c0, n, tail, thr):
                     ratio = builder.select(builder.fcmp_ordered("<", ratio, _splat(-100.0)), _splat(-100.0), ratio)
                     ratios.append(_exp2(builder, ratio))
                 # both ends of the span at least 2**-SAFE in every lane (the usual case): nothing to flush
-                u_lo = builder.fsub(_broadcast(builder, c0_v), pos, flags=_FAST)
                 u_hi = builder.fadd(u_lo, _broadcast(builder, builder.sitofp(builder.sub(n_v, ir.Constant(i64, 1)),
                                                                               ir.FloatType())), flags=_FAST)
                 ends = builder.and_(builder.fcmp_ordered(">=", fm(fm(u_lo, u_lo), coef), _splat(-_SAFE)),
@@ -152,10 +151,9 @@ def vgauss_profile(typingctx, a, a0, z, z0, p, sg, v0, c0, n, tail, thr):
                         with block:
                             for ratio, count, step in ((ratios[0], up, 1), (ratios[1], mid, -1)):
                                 _profile_walk(context, builder, aty, a_v, a0_v, z_ptr, mid, value, ratio, q2,
-                                              threshold, count, step, flush)
+                                              thr_v, count, step, flush)
             with direct:
-                _profile_direct(context, builder, aty, a_v, a0_v, z_ptr, builder.fsub(_broadcast(builder, c0_v), pos,
-                                flags=_FAST), coef, limit, n_v)
+                _profile_direct(context, builder, aty, a_v, a0_v, z_ptr, u_lo, coef, limit, n_v)
         builder.store(builder.load(z_ptr), _vec_pointer(context, builder, aty[2], z_v, z0_v), align=4)
         return context.get_dummy_value()
 
