@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from typing import Callable
+from unittest import mock
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -69,17 +70,9 @@ class PeakMemory(TorchDispatchMode):
 def peak_extra_bytes(fn: Callable[[], object]) -> int:
     """Peak bytes of storages allocated while ``fn()`` runs (what it returns is dropped afterwards), with
     dclszoo's buffer pool off."""
-    saved = os.environ.get(ENV_REUSE)
-    os.environ[ENV_REUSE] = "0"
-    try:
-        with PeakMemory() as mem:
-            result = fn()
-            del result
-    finally:
-        if saved is None:
-            del os.environ[ENV_REUSE]
-        else:
-            os.environ[ENV_REUSE] = saved
+    with mock.patch.dict(os.environ, {ENV_REUSE: "0"}), PeakMemory() as mem:
+        result = fn()
+        del result
     return mem.peak
 
 

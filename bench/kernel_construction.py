@@ -14,10 +14,10 @@ beforehand. Timings: medians over rounds interleaving the op, ``kernel()`` and t
 each round, then rounds of ``dcls`` alone (its gigabytes of fresh buffers per call would slow whatever ran after
 it). Peak extra memory = peak bytes of tensor storages allocated during that call (``bench/_memory.py``,
 self-checked at start-up): it includes the output kernel itself (1x) and the parameter gradients, and is given
-as a multiple of the dense kernel's own float32 size. It is measured with the buffer pool of the CPU kernels off
-(``DCLSZOO_REUSE_BUFFERS=0``): with it on, the call would get storages allocated before the measured region,
-which the tracker does not count (``bench/_memory.py`` turns it off). What the pool keeps between calls is given in a column of its own. Targets
-(issue 2): op peak extra <= 2x, op >= 20x faster than dcls.
+as a multiple of the dense kernel's own float32 size. ``bench/_memory.py`` measures it with the buffer pool of the
+CPU kernels off (``DCLSZOO_REUSE_BUFFERS=0``): with it on, the call would get storages allocated before the
+measured region, which the tracker does not count. What the pool keeps between calls is given in a column of its
+own. Targets (issue 2): op peak extra <= 2x, op >= 20x faster than dcls.
 """
 
 from __future__ import annotations
