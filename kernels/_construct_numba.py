@@ -170,13 +170,13 @@ def _profiles(ndim, gauss, k_taps, s0, s1, pl, sl, tail, thr, a0, a1, z0, z1):  
 
 @njit(**_INNER)
 def _scale(gauss, n, wl, z0, z1, sc, den):  # pragma: no cover - jitted
-    """``sc = w / den`` with ``den = prod_d Z_d + 1e-7`` (Gaussian) or 1 (bilinear), all ``[K, L]``.
+    """``sc = w / den`` with ``den = prod_d Z_d + 1e-7`` (Gaussian; ``[K, L]``); bilinear: ``sc = w`` (``den`` is
+    not used).
 
     Bilinear scales are copied, not divided by 1: under fastmath, LLVM may turn a division into a reciprocal
     estimate refined by a Newton step (seen on AVX2 hosts), which is not exact even for a divisor of 1, and
     ``from_dense`` promises bit-exact kernels."""
     if not gauss:
-        den[:n] = _ONE
         sc[:n] = wl[:n]
         return
     for j in range(n):
@@ -318,7 +318,7 @@ def construct_backward(
                     for j in range(n):
                         wl[j] = gsc[j] / den[j]  # wl is free now: the weight gradient, lane-major
                 else:
-                    wl[:n] = gsc[:n]  # bilinear: den = 1 (no division: see _scale)
+                    wl[:n] = gsc[:n]  # bilinear: no normaliser (and no division: see _scale)
             # the next block is full and this thread's, written after this one: it may take a row's spill
             spill = block + 1 < min(n_blocks, (chunk + 1) * per) and r0 + 2 * LANES <= rows
             _write_grads(r0, valid, rows, k_taps, ndim, chunk, need_w, need_p, need_s, gs_full, wl, res,
