@@ -258,7 +258,9 @@ def construct_forward(
             _load_params(w, p, s, st, r0, rows, k_taps, ndim, gauss, lo, hi, bounded, floor, wl, pl, sl, chain, tmp)
             _profiles(ndim, gauss, k_taps, s0, s1, pl, sl, tail, thr, a0, a1, z0, z1)
             _scale(gauss, n, wl, z0, z1, sc, den)
-            if ndim == 1:  # acc[x] = sum_k sc[k] a0[k, x]
+            if ndim == 1 and k_taps == 1:  # one tap (synaptic delays): a scaled profile
+                vscale(acc, 0, a0, 0, sc, 0, s0)
+            elif ndim == 1:  # acc[x] = sum_k sc[k] a0[k, x]
                 _tiles(acc, 0, 0, LANES, sc, 0, LANES, 0, a0, 0, s0 * LANES, LANES, k_taps, 1, s0)
             else:  # acc[x0, x1] = sum_k (sc a0)[k, x0] a1[k, x1]
                 for k in range(k_taps):
