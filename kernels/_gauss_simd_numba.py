@@ -35,6 +35,17 @@ def _exp2(builder, t):
     return builder.fmul(poly, builder.bitcast(bits, _VEC), flags=_FAST)
 
 
+def _vminmax(builder, which, x, y):
+    """Lane-wise ``llvm.minnum`` / ``llvm.maxnum`` of two vectors."""
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC, _VEC]), f"llvm.{which}.v{WIDTH}f32")
+    return builder.call(fn, [x, y])
+
+
+def _all(builder, mask):
+    """Whether every lane of a 16-lane comparison is true."""
+    return builder.icmp_unsigned("==", builder.bitcast(mask, ir.IntType(WIDTH)), ir.Constant(ir.IntType(WIDTH), -1))
+
+
 _SAFE = 120.0  # recurrence only where every factor stays within 2**+-120 (float32 normals: 2**+-126)
 
 
@@ -55,30 +66,42 @@ def _profile_direct(context, builder, aty, a_v, a0_v, z_ptr, u0, coef, limit, n_
         builder.store(builder.fadd(u, _splat(1.0), flags=_FAST), u_ptr)
 
 
-def _profile_walk(context, builder, aty, a_v, a0_v, z_ptr, start, value, ratio, q2, threshold, count, step, flush):
-    """From the grid point ``start`` (its value already stored and summed), ``count`` points in direction
-    ``step`` (+-1): ``value *= ratio; ratio *= q2``, stored as 0 below ``threshold``; with ``flush``, values and
-    ratios below ``2**-SAFE`` are flushed to 0 (they only decrease from there: no denormals). Without it the
-    caller knows every value of the walk is at least ``2**-SAFE``."""
+def _profile_walk(context, builder, aty, a_v, a0_v, z_ptr, start, walks, q2, threshold, count, flush):
+    """From the grid point ``start`` (its value already stored and summed), ``count`` points in each direction of
+    ``walks`` (``[(value, ratio, step)]``, ``step`` = +-1, the walks interleaved: independent chains of
+    multiplications): ``value *= ratio; ratio *= q2``, stored as 0 below ``threshold``, summed into ``z_ptr``;
+    with ``flush``, values and ratios below ``2**-SAFE`` are flushed to 0 (they only decrease from there: no
+    denormals). Without it the caller knows every value of the walk is at least ``2**-SAFE``. Returns the
+    ``(value, ratio)`` of every walk after its ``count`` points."""
     i64 = ir.IntType(64)
     tiny = _splat(2.0 ** -_SAFE)
-    v_ptr, r_ptr = cgutils.alloca_once(builder, _VEC), cgutils.alloca_once(builder, _VEC)
-    builder.store(value, v_ptr)
-    builder.store(ratio, r_ptr)
+    state = []
+    for value, ratio, step in walks:
+        v_ptr, r_ptr, s_ptr = (cgutils.alloca_once(builder, _VEC) for _ in range(3))
+        builder.store(value, v_ptr)
+        builder.store(ratio, r_ptr)
+        builder.store(_splat(0.0), s_ptr)
+        state.append((v_ptr, r_ptr, s_ptr, step))
     with cgutils.for_range(builder, count, intp=i64) as loop:
-        r = builder.load(r_ptr)
-        v = builder.fmul(builder.load(v_ptr), r, flags=_FAST)
-        r = builder.fmul(r, q2, flags=_FAST)
-        if flush:
-            v = builder.select(builder.fcmp_ordered("<", v, tiny), _splat(0.0), v)
-            r = builder.select(builder.fcmp_ordered("<", r, tiny), _splat(0.0), r)
-        builder.store(r, r_ptr)
-        builder.store(v, v_ptr)
-        out = builder.select(builder.fcmp_ordered(">", v, threshold), v, _splat(0.0))
-        j = builder.add(start, builder.mul(builder.add(loop.index, ir.Constant(i64, 1)), ir.Constant(i64, step)))
-        index = builder.add(a0_v, builder.mul(j, ir.Constant(i64, WIDTH)))
-        builder.store(out, _vec_pointer(context, builder, aty[0], a_v, index), align=4)
-        builder.store(builder.fadd(builder.load(z_ptr), out, flags=_FAST), z_ptr)
+        for v_ptr, r_ptr, s_ptr, step in state:
+            r = builder.load(r_ptr)
+            v = builder.fmul(builder.load(v_ptr), r, flags=_FAST)
+            r = builder.fmul(r, q2, flags=_FAST)
+            if flush:
+                v = builder.select(builder.fcmp_ordered("<", v, tiny), _splat(0.0), v)
+                r = builder.select(builder.fcmp_ordered("<", r, tiny), _splat(0.0), r)
+            builder.store(r, r_ptr)
+            builder.store(v, v_ptr)
+            out = builder.select(builder.fcmp_ordered(">", v, threshold), v, _splat(0.0))
+            j = builder.add(start, builder.mul(builder.add(loop.index, ir.Constant(i64, 1)), ir.Constant(i64, step)))
+            index = builder.add(a0_v, builder.mul(j, ir.Constant(i64, WIDTH)))
+            builder.store(out, _vec_pointer(context, builder, aty[0], a_v, index), align=4)
+            builder.store(builder.fadd(builder.load(s_ptr), out, flags=_FAST), s_ptr)
+    total = builder.load(z_ptr)
+    for _, _, s_ptr, _ in state:
+        total = builder.fadd(total, builder.load(s_ptr), flags=_FAST)
+    builder.store(total, z_ptr)
+    return [(builder.load(v_ptr), builder.load(r_ptr)) for v_ptr, r_ptr, _, _ in state]
 
 
 @intrinsic
@@ -120,10 +143,10 @@ def vgauss_profile(typingctx, a, a0, z, z0, p, sg, v0, c0, n, tail, thr):
         t_down = fm(coef, builder.fsub(_splat(1.0), fm(um, _splat(2.0)), flags=_FAST))
         t_q = fm(coef, _splat(2.0))
         u_lo = builder.fsub(_broadcast(builder, c0_v), pos, flags=_FAST)  # u at the first grid point
-        ok = builder.and_(builder.fcmp_ordered(">=", t_mid, _splat(-_SAFE)), builder.fcmp_ordered(">=", t_q, _splat(-_SAFE)))
-        ok = builder.and_(ok, builder.fcmp_ordered("<=", t_up, _splat(_SAFE)))
-        ok = builder.and_(ok, builder.fcmp_ordered("<=", t_down, _splat(_SAFE)))
-        all_ok = builder.icmp_unsigned("==", builder.bitcast(ok, ir.IntType(WIDTH)), ir.Constant(ir.IntType(WIDTH), -1))
+        # every lane in range: one comparison of a minimum (an and of 16-lane masks is a pack sequence on AVX2)
+        low = _vminmax(builder, "minnum", _vminmax(builder, "minnum", t_mid, t_q),
+                       builder.fneg(_vminmax(builder, "maxnum", t_up, t_down), flags=_FAST))
+        all_ok = _all(builder, builder.fcmp_ordered(">=", low, _splat(-_SAFE)))
         with builder.if_else(all_ok) as (walk, direct):
             with walk:
                 keep = builder.fcmp_ordered(">", t_mid, limit)
@@ -142,16 +165,19 @@ def vgauss_profile(typingctx, a, a0, z, z0, p, sg, v0, c0, n, tail, thr):
                 # both ends of the span at least 2**-SAFE in every lane (the usual case): nothing to flush
                 u_hi = builder.fadd(u_lo, _broadcast(builder, builder.sitofp(builder.sub(n_v, ir.Constant(i64, 1)),
                                                                               ir.FloatType())), flags=_FAST)
-                ends = builder.and_(builder.fcmp_ordered(">=", fm(fm(u_lo, u_lo), coef), _splat(-_SAFE)),
-                                    builder.fcmp_ordered(">=", fm(fm(u_hi, u_hi), coef), _splat(-_SAFE)))
-                in_range = builder.icmp_unsigned("==", builder.bitcast(ends, ir.IntType(WIDTH)),
-                                                 ir.Constant(ir.IntType(WIDTH), -1))
+                far = _vminmax(builder, "maxnum", fm(u_lo, u_lo), fm(u_hi, u_hi))  # coef < 0: the smaller end
+                in_range = _all(builder, builder.fcmp_ordered(">=", fm(far, coef), _splat(-_SAFE)))
                 with builder.if_else(in_range) as (plain, flushed):
                     for block, flush in ((plain, False), (flushed, True)):
                         with block:
-                            for ratio, count, step in ((ratios[0], up, 1), (ratios[1], mid, -1)):
-                                _profile_walk(context, builder, aty, a_v, a0_v, z_ptr, mid, value, ratio, q2,
-                                              thr_v, count, step, flush)
+                            # both directions together for up = min(up, mid) points, then the last point below
+                            # (even spans: mid = up + 1)
+                            both = [(value, ratios[0], 1), (value, ratios[1], -1)]
+                            (_, _), (v_down, r_down) = _profile_walk(context, builder, aty, a_v, a0_v, z_ptr, mid,
+                                                                     both, q2, thr_v, up, flush)
+                            start = builder.sub(mid, up)
+                            _profile_walk(context, builder, aty, a_v, a0_v, z_ptr, start, [(v_down, r_down, -1)],
+                                          q2, thr_v, builder.sub(mid, up), flush)
             with direct:
                 _profile_direct(context, builder, aty, a_v, a0_v, z_ptr, u_lo, coef, limit, n_v)
         builder.store(builder.load(z_ptr), _vec_pointer(context, builder, aty[2], z_v, z0_v), align=4)
