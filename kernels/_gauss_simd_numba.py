@@ -175,9 +175,9 @@ def vgauss_profile(typingctx, a, a0, z, z0, p, sg, v0, c0, n, tail, thr):
                             both = [(value, ratios[0], 1), (value, ratios[1], -1)]
                             (_, _), (v_down, r_down) = _profile_walk(context, builder, aty, a_v, a0_v, z_ptr, mid,
                                                                      both, q2, thr_v, up, flush)
-                            start = builder.sub(mid, up)
-                            _profile_walk(context, builder, aty, a_v, a0_v, z_ptr, start, [(v_down, r_down, -1)],
-                                          q2, thr_v, builder.sub(mid, up), flush)
+                            rest = builder.sub(mid, up)  # the point left below, if any, starts from there
+                            _profile_walk(context, builder, aty, a_v, a0_v, z_ptr, rest, [(v_down, r_down, -1)],
+                                          q2, thr_v, rest, flush)
             with direct:
                 _profile_direct(context, builder, aty, a_v, a0_v, z_ptr, u_lo, coef, limit, n_v)
         builder.store(builder.load(z_ptr), _vec_pointer(context, builder, aty[2], z_v, z0_v), align=4)

@@ -29,9 +29,9 @@ def _check_arrays(*arrays) -> bool:
     return all(isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.float32 for a in arrays)
 
 
-def _vec_pointer(context, builder, aryty, ary, index):
+def _vec_pointer(context, builder, aryty, ary, index, vec=_VEC):
     data = context.make_array(aryty)(context, builder, ary).data
-    return builder.bitcast(builder.gep(data, [index]), _VEC.as_pointer())
+    return builder.bitcast(builder.gep(data, [index]), vec.as_pointer())
 
 
 @intrinsic
@@ -334,11 +334,6 @@ def _transpose_stages():
 _STAGES = _transpose_stages()
 
 
-def _half_pointer(context, builder, aryty, ary, index):
-    data = context.make_array(aryty)(context, builder, ary).data
-    return builder.bitcast(builder.gep(data, [index]), _HVEC.as_pointer())
-
-
 @intrinsic
 def vtranspose(typingctx, src, s0, ss, dst, d0, ds):
     """``dst[d0 + i*ds + j] = src[s0 + j*ss + i]`` for ``i, j < W``: one 16 x 16 block, transposed in registers.
@@ -364,7 +359,7 @@ def vtranspose(typingctx, src, s0, ss, dst, d0, ds):
                 for j in range(_HALF):
                     index = builder.add(s0_v, builder.add(builder.mul(ir.Constant(i64, bj + j), ss_v),
                                                           ir.Constant(i64, bi)))
-                    vecs.append(builder.load(_half_pointer(context, builder, aty[0], src_v, index), align=4))
+                    vecs.append(builder.load(_vec_pointer(context, builder, aty[0], src_v, index, _HVEC), align=4))
                 for h, lo, hi in _STAGES:
                     new = list(vecs)
                     for j in range(_HALF):
@@ -377,7 +372,7 @@ def vtranspose(typingctx, src, s0, ss, dst, d0, ds):
                 for vecs, bj in zip(halves, (0, _HALF)):
                     index = builder.add(d0_v, builder.add(builder.mul(ir.Constant(i64, bi + i), ds_v),
                                                           ir.Constant(i64, bj)))
-                    builder.store(vecs[i], _half_pointer(context, builder, aty[3], dst_v, index), align=4)
+                    builder.store(vecs[i], _vec_pointer(context, builder, aty[3], dst_v, index, _HVEC), align=4)
         return context.get_dummy_value()
 
     return sig, codegen
