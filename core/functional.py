@@ -7,8 +7,8 @@ products and has a hand-written backward that recomputes the profiles, so neithe
 done in chunks of (out, in) rows whose temporaries stay a small fraction of the dense kernel's own size, with
 in-place arithmetic so that each chunk holds at most two profile-sized tensors (:mod:`dclszoo._construct`).
 
-On CPU, float32 1-D and 2-D constructions run in fused numba kernels instead (:mod:`dclszoo.kernels.construct`,
-``DCLSZOO_CONSTRUCT_BACKEND=numba|torch|auto``); the torch code below is their twin and the fallback.
+On CPU, float32 1-D and 2-D constructions run in fused C or numba kernels instead (:mod:`dclszoo.kernels.construct`,
+``DCLSZOO_CONSTRUCT_BACKEND=c|numba|torch|auto``); the torch code below is their twin and the fallback.
 
 Gaussian profile values below ``exp(-25)`` (float32; ``exp(-200)`` in float64) of the peak are set to zero: far
 below the float precision of the result, and it keeps denormal numbers (very slow on CPUs) out of the products.
@@ -94,9 +94,10 @@ class _DclsKernel(torch.autograd.Function):
         ctx.save_for_backward(weight, positions, sigma)
         ctx.span, ctx.interpolation, ctx.bounds, ctx.sigma_floor = span, interpolation, bounds, sigma_floor
         ctx.backend = _fused.select_backend(weight, positions, sigma if interpolation == "gauss" else None, span)
-        if ctx.backend == "numba":  # fused CPU kernels (dclszoo.kernels.construct)
+        if ctx.backend in ("c", "numba"):  # fused CPU kernels (dclszoo.kernels.construct)
             s = sigma if interpolation == "gauss" else None
-            return _fused.construct_forward(weight, positions, s, span, interpolation, bounds, sigma_floor)
+            return _fused.construct_forward(weight, positions, s, span, interpolation, bounds, sigma_floor,
+                                            ctx.backend)
         ndim = positions.shape[0]
         o, i, k = weight.shape
         shape4 = (ndim, o, i, k)
@@ -126,10 +127,11 @@ class _DclsKernel(torch.autograd.Function):
     def backward(ctx, grad):
         weight, positions, sigma = ctx.saved_tensors
         span, interpolation, bounds, sigma_floor = ctx.span, ctx.interpolation, ctx.bounds, ctx.sigma_floor
-        if ctx.backend == "numba":
+        if ctx.backend in ("c", "numba"):
             s = sigma if interpolation == "gauss" else None
             grads = _fused.construct_backward(
-                grad, weight, positions, s, span, interpolation, bounds, sigma_floor, ctx.needs_input_grad[:3]
+                grad, weight, positions, s, span, interpolation, bounds, sigma_floor, ctx.needs_input_grad[:3],
+                ctx.backend,
             )
             return grads + (None, None, None, None)
         ndim = positions.shape[0]

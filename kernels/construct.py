@@ -8,13 +8,18 @@ forward and the parameter gradients in the backward.
 
 Backends of the construction:
 
-- ``"numba"``: these kernels; 1-D/2-D spans, float32 CPU tensors; chosen automatically when numba is
-  installed (``pip install dclszoo[snn]`` or ``numba``).
+- ``"c"``: C kernels (:mod:`dclszoo.kernels._construct_c`, AVX-512 or AVX2 builds compiled at install time);
+  Gaussian interpolation, 1-D/2-D spans, float32 CPU tensors with weight, positions and sigma of their full
+  shapes; chosen automatically where they are built and the CPU runs them (rows split over numba's threads when
+  numba is installed).
+- ``"numba"``: the numba kernels (:mod:`dclszoo.kernels._construct_numba`); 1-D/2-D spans, float32 CPU tensors,
+  both interpolations, any sigma shape; chosen automatically for the rest when numba is installed
+  (``pip install dclszoo[snn]`` or ``numba``).
 - ``"torch"``: the chunked separable implementation in :mod:`dclszoo.functional` (any device, dtype and
   dimension: the GPU path, the fallback and the twin).
 
-The environment variable ``DCLSZOO_CONSTRUCT_BACKEND=numba|torch|auto`` forces one; explicitly requesting
-``numba`` where it cannot run raises instead of falling back.
+The environment variable ``DCLSZOO_CONSTRUCT_BACKEND=c|numba|torch|auto`` forces one; explicitly requesting
+``c`` or ``numba`` where it cannot run raises instead of falling back.
 
 Eager calls take the kernel (forward) and the parameter gradients (backward) from a pool of reusable storages
 (:mod:`dclszoo.kernels._buffers`; ``DCLSZOO_REUSE_BUFFERS=0`` turns it off, ``dclszoo.empty_cache()`` frees it).
@@ -31,12 +36,14 @@ import numpy as np
 import torch
 
 from . import _buffers
+from . import _construct_c
 
 __all__ = [
-    "BACKENDS", "ENV_BACKEND", "numba_available", "select_backend", "construct_forward", "construct_backward",
+    "BACKENDS", "ENV_BACKEND", "c_available", "numba_available", "select_backend", "construct_forward",
+    "construct_backward",
 ]
 
-BACKENDS = ("numba", "torch")
+BACKENDS = ("c", "numba", "torch")
 ENV_BACKEND = "DCLSZOO_CONSTRUCT_BACKEND"
 _GAUSS_TAIL = 40.0  # float32: profile values below exp(-40) of the peak are zero (as in the torch path)
 _CHUNKS_PER_THREAD = 4
@@ -72,20 +79,53 @@ def _numba_fits(weight, positions, sigma, span) -> str | None:
     return None
 
 
+def _c_fits(weight, positions, sigma, span) -> str | None:
+    """Why the C kernels cannot build this kernel (None if they can)."""
+    why = _numba_fits(weight, positions, sigma, span)
+    if why is not None:
+        return why
+    if sigma is None:
+        return "the interpolation is bilinear (the C kernels do Gaussians)"
+    for name, t, shape in (("weight", weight, weight.shape), ("positions", positions, positions.shape),
+                           ("sigma", sigma, positions.shape)):
+        if t.shape != shape or not t.is_contiguous():
+            return (f"{name} has shape {tuple(t.shape)} and strides {t.stride()} (the C kernels need contiguous "
+                    f"tensors, sigma of the positions' full shape {tuple(positions.shape)})")
+    return None
+
+
+def c_available() -> bool:
+    """Whether the C kernels are built and run on this CPU (they load no numba; see :mod:`._construct_c`)."""
+    return _construct_c.available()
+
+
 def select_backend(weight, positions, sigma, span, backend: str | None = None) -> str:
     """The construction backend for these tensors: ``backend`` or ``$DCLSZOO_CONSTRUCT_BACKEND`` or automatic.
 
     Raises:
-        ValueError: If the requested backend is unknown, or ``numba`` was requested for tensors it cannot take.
-        ImportError: If ``numba`` was requested and numba is not installed.
+        ValueError: If the requested backend is unknown, or ``c``/``numba`` was requested for tensors it cannot
+            take.
+        ImportError: If ``c`` or ``numba`` was requested and is not installed (built) here.
     """
     requested = backend if backend is not None else os.environ.get(ENV_BACKEND, "").strip().lower() or None
     if requested is None or requested == "auto":
+        if _c_fits(weight, positions, sigma, span) is None and c_available():
+            return "c"
         return "numba" if _numba_fits(weight, positions, sigma, span) is None and numba_available() else "torch"
     if requested not in BACKENDS:
         raise ValueError(
             f"construction backend={requested!r} (argument or ${ENV_BACKEND}) is not one of {BACKENDS} or 'auto'."
         )
+    if requested == "c":
+        if not c_available():
+            raise ImportError(
+                "the 'c' construction backend was requested but its kernels are not built for this CPU (an x86-64 "
+                "CPU with AVX2 and a C compiler at install time: pip install --force-reinstall --no-deps dclszoo); "
+                f"set {ENV_BACKEND}=numba, torch or auto."
+            )
+        why = _c_fits(weight, positions, sigma, span)
+        if why is not None:
+            raise ValueError(f"the 'c' construction backend cannot run: {why}; set {ENV_BACKEND}=numba, torch or auto.")
     if requested == "numba":
         if not numba_available():
             raise ImportError(
@@ -99,7 +139,10 @@ def select_backend(weight, positions, sigma, span, backend: str | None = None) -
 
 
 def _threads() -> int:
-    """Follow torch's thread count (``torch.set_num_threads``) within numba's pool size; return it."""
+    """Follow torch's thread count (``torch.set_num_threads``) within numba's pool size; return it (1 without
+    numba: the C kernels then run on the calling thread)."""
+    if not _NUMBA_INSTALLED:
+        return 1
     import numba
 
     want = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
@@ -145,8 +188,13 @@ class _Args:
         self.floor = np.float32(sigma_floor if sigma_floor is not None else 0.0)
         self.tail = np.float32(_GAUSS_TAIL)
         self.thr = np.float32(math.exp(-_GAUSS_TAIL))  # the profile value of the tail cut (peak 1)
+        self.threads = _threads()
+
+    @functools.cached_property
+    def chunks(self) -> int:
+        """Thread chunks of the numba kernels (their 16-row blocks, a few chunks per thread)."""
         blocks = -(-self.rows // _kernels().LANES)
-        self.chunks = max(1, min(blocks, _CHUNKS_PER_THREAD * _threads()))
+        return max(1, min(blocks, _CHUNKS_PER_THREAD * self.threads))
 
     def taps(self):
         return (self.w, self.p, self.s, self.strides, self.rows, self.k)
@@ -173,37 +221,40 @@ def _fresh(numel: int) -> torch.Tensor:
     return torch.empty(numel, dtype=torch.float32)
 
 
-def _forward(weight, positions, sigma, span, gauss, bounds, sigma_floor, alloc) -> torch.Tensor:
+def _forward(weight, positions, sigma, span, gauss, bounds, sigma_floor, backend, alloc) -> torch.Tensor:
     """The forward kernel call; ``alloc(numel)`` gives the flat float32 output (fresh or pooled)."""
     span = tuple(span)
     a = _args(weight, positions, sigma, span, gauss, bounds, sigma_floor)
     out = alloc(a.rows * a.s0 * a.s1)
-    if a.rows and a.k:
-        _kernels().construct_forward(*a.taps(), *a.common(), a.s0, a.s1, out.numpy())
-    else:
+    if not (a.rows and a.k):
         out.zero_()
+    elif backend == "c":
+        _construct_c.forward(a, out.numpy(), a.threads)
+    else:
+        _kernels().construct_forward(*a.taps(), *a.common(), a.s0, a.s1, out.numpy())
     return out.view(tuple(weight.shape[:2]) + span)
 
 
 def _forward_impl(
     weight: torch.Tensor, positions: torch.Tensor, sigma: torch.Tensor | None, span: list[int], gauss: bool,
-    bounds: list[float] | None, sigma_floor: float | None,
+    bounds: list[float] | None, sigma_floor: float | None, backend: str = "numba",
 ) -> torch.Tensor:
-    return _forward(weight, positions, sigma, span, gauss, bounds, sigma_floor, _fresh)
+    return _forward(weight, positions, sigma, span, gauss, bounds, sigma_floor, backend, _fresh)
 
 
-# The numba calls are also custom ops, which torch.compile treats as opaque (it cannot trace numba); eager calls
-# skip the dispatcher and take their large outputs from the buffer pool (dclszoo.kernels._buffers), the custom
-# ops allocate fresh ones (compiled graphs plan their own buffers).
-_forward_op = torch.library.custom_op("dclszoo::construct_forward_numba", mutates_args=())(_forward_impl)
+# The kernel calls are also custom ops, which torch.compile treats as opaque (it cannot trace numba or C); eager
+# calls skip the dispatcher and take their large outputs from the buffer pool (dclszoo.kernels._buffers), the
+# custom ops allocate fresh ones (compiled graphs plan their own buffers).
+_forward_op = torch.library.custom_op("dclszoo::construct_forward_cpu", mutates_args=())(_forward_impl)
 
 
 @_forward_op.register_fake
-def _forward_fake(weight, positions, sigma, span, gauss, bounds, sigma_floor):
+def _forward_fake(weight, positions, sigma, span, gauss, bounds, sigma_floor, backend="numba"):
     return weight.new_empty(tuple(weight.shape[:2]) + tuple(span), dtype=torch.float32)
 
 
-def _backward(grad, weight, positions, sigma, span, gauss, bounds, sigma_floor, need_w, need_p, need_s, alloc):
+def _backward(grad, weight, positions, sigma, span, gauss, bounds, sigma_floor, need_w, need_p, need_s, backend,
+              alloc):
     """The backward kernel call; ``alloc(numel)`` gives the flat float32 parameter gradients (fresh or pooled)."""
     span = tuple(span)
     a = _args(weight, positions, sigma, span, gauss, bounds, sigma_floor)
@@ -213,11 +264,16 @@ def _backward(grad, weight, positions, sigma, span, gauss, bounds, sigma_floor, 
     gw = alloc(a.rows * a.k) if need_w else dummy
     gp = alloc(a.ndim * a.rows * a.k) if need_p else dummy
     s4 = (1,) * (4 - sigma.dim()) + tuple(sigma.shape) if need_s else None
-    gs_full = need_s and not (s4[1] == 1 and s4[2] == 1)
+    # per-entry sigma gradients (the C kernels always write them) or, for a sigma shared over all (out, in) rows,
+    # per-chunk sums (numba)
+    gs_full = need_s and (backend == "c" or not (s4[1] == 1 and s4[2] == 1))
     gs = alloc(a.ndim * a.rows * a.k) if gs_full else dummy
     gs_part = torch.zeros(a.chunks * a.ndim * a.k, **f32) if need_s and not gs_full else dummy
     g = grad.detach().contiguous().view(-1)  # a copy only for non-contiguous gradients (e.g. of kernel.sum())
-    if a.rows and a.k and (need_w or need_p or need_s):
+    if a.rows and a.k and (need_w or need_p or need_s) and backend == "c":
+        _construct_c.backward(a, g.numpy(), *(t.numpy() if on else None for t, on in
+                                              ((gw, need_w), (gp, need_p), (gs, need_s))), a.threads)
+    elif a.rows and a.k and (need_w or need_p or need_s):
         _kernels().construct_backward(
             *a.taps(), g.numpy(), *a.common(), a.s0, a.s1, need_w, need_p, need_s, gs_full,
             gw.numpy(), gp.numpy(), gs.numpy(), gs_part.numpy(),
@@ -238,15 +294,18 @@ def _backward(grad, weight, positions, sigma, span, gauss, bounds, sigma_floor, 
 def _backward_impl(
     grad: torch.Tensor, weight: torch.Tensor, positions: torch.Tensor, sigma: torch.Tensor | None, span: list[int],
     gauss: bool, bounds: list[float] | None, sigma_floor: float | None, need_w: bool, need_p: bool, need_s: bool,
+    backend: str = "numba",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _backward(grad, weight, positions, sigma, span, gauss, bounds, sigma_floor, need_w, need_p, need_s, _fresh)
+    return _backward(grad, weight, positions, sigma, span, gauss, bounds, sigma_floor, need_w, need_p, need_s, backend,
+                     _fresh)
 
 
-_backward_op = torch.library.custom_op("dclszoo::construct_backward_numba", mutates_args=())(_backward_impl)
+_backward_op = torch.library.custom_op("dclszoo::construct_backward_cpu", mutates_args=())(_backward_impl)
 
 
 @_backward_op.register_fake
-def _backward_fake(grad, weight, positions, sigma, span, gauss, bounds, sigma_floor, need_w, need_p, need_s):
+def _backward_fake(grad, weight, positions, sigma, span, gauss, bounds, sigma_floor, need_w, need_p, need_s,
+                   backend="numba"):
     def like(t, need):
         return t.new_empty(t.shape if need else (0,), dtype=torch.float32)
 
@@ -268,16 +327,18 @@ def construct_forward(
     interpolation: str,
     bounds: tuple[tuple[float, ...], tuple[float, ...]] | None,
     sigma_floor: float | None,
+    backend: str = "numba",
 ) -> torch.Tensor:
-    """Dense kernel ``[O, I/g, *span]`` (float32) by the numba kernels; arguments as in ``dcls_kernel``.
+    """Dense kernel ``[O, I/g, *span]`` (float32) by the ``backend`` (``'c'`` or ``'numba'``) kernels; arguments
+    as in ``dcls_kernel``.
 
     Not differentiable by itself: ``dclszoo.functional.dcls_kernel`` pairs it with :func:`construct_backward`.
     """
     gauss = interpolation == "gauss"
     args = (weight.detach(), positions.detach(), sigma.detach() if gauss else None)
     if _plain(*args):
-        return _forward(*args, span, gauss, _bounds_list(bounds), sigma_floor, _buffers.empty)
-    return _forward_op(*args, list(span), gauss, _bounds_list(bounds), sigma_floor)
+        return _forward(*args, span, gauss, _bounds_list(bounds), sigma_floor, backend, _buffers.empty)
+    return _forward_op(*args, list(span), gauss, _bounds_list(bounds), sigma_floor, backend)
 
 
 def construct_backward(
@@ -290,6 +351,7 @@ def construct_backward(
     bounds: tuple[tuple[float, ...], tuple[float, ...]] | None,
     sigma_floor: float | None,
     needs: tuple[bool, bool, bool],
+    backend: str = "numba",
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Gradients ``(weight, positions, sigma)`` (None where not needed) for the upstream ``grad [O, I/g, *span]``.
 
@@ -302,7 +364,7 @@ def construct_backward(
     args = (grad, weight.detach(), positions.detach(), sigma.detach() if gauss else None)
     rest = (gauss, _bounds_list(bounds), sigma_floor, need_w, need_p, need_s)
     if _plain(*args):
-        gw, gp, gs = _backward(*args, span, *rest, _buffers.empty)
+        gw, gp, gs = _backward(*args, span, *rest, backend, _buffers.empty)
     else:
-        gw, gp, gs = _backward_op(*args, list(span), *rest)
+        gw, gp, gs = _backward_op(*args, list(span), *rest, backend)
     return (gw if need_w else None), (gp if need_p else None), (gs if need_s else None)

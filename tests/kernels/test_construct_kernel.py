@@ -1,8 +1,10 @@
-"""The numba kernels of the DCLS kernel construction (``dclszoo.kernels.construct``) against the plain formula.
+"""The fused kernels of the DCLS kernel construction (``dclszoo.kernels.construct``: numba, and C where it is built)
+against the plain formula.
 
 The oracle is ``dclszoo.reference.dcls_kernel_reference`` in float64 with ordinary autograd; the fused clamp and
 sigma floor are checked against the same formula applied to ``p + (clamp(p) - p).detach()`` (straight-through)
-and ``|sigma|.clamp_min(floor)``. The kernels run in float32, hence the tolerances.
+and ``|sigma|.clamp_min(floor)``. The kernels run in float32, hence the tolerances. Every case runs on the numba
+kernels and, where they take it (Gaussian, sigma of the full shape), on the C kernels of this CPU.
 """
 
 from __future__ import annotations
@@ -81,21 +83,28 @@ def _close(actual, expected, what, rtol=2e-4, atol=2e-5):
         )
 
 
+def _fast_backends(s, interpolation, positions):
+    """The fused backends that take these tensors: numba always, C where it is built and the case is its own."""
+    c_case = interpolation == "gauss" and tuple(s.shape) == tuple(positions.shape) and len(positions) <= 2
+    return ["numba"] + (["c"] if c_case and construct.c_available() else [])
+
+
 def _check(w, p, s, span, interpolation, seed=1, bounds=None, sigma_floor=None, monkeypatch=None):
-    """Values and all gradients of the numba path (float32, forced) against the float64 formula."""
+    """Values and all gradients of each fused path (float32, forced) against the float64 formula."""
     g = torch.randn((w.shape[0], w.shape[1]) + tuple(span), generator=torch.Generator().manual_seed(seed),
                     dtype=torch.float64)
-    monkeypatch.setenv(construct.ENV_BACKEND, "numba")  # raises rather than falling back
-    fused = {"position_bounds": bounds, "sigma_floor": sigma_floor}
-    k, grads = _run(dcls_kernel, w.float(), p.float(), s.float(), span, interpolation, g, **fused)
-    assert k.dtype == torch.float32
     k_ref, grads_ref = _run(_reference(w, p, s, span, interpolation, bounds, sigma_floor), w, p, s, span,
                             interpolation, g)
-    _close(k, k_ref, "kernel")
     names = ("weight", "positions", "sigma") if interpolation == "gauss" else ("weight", "positions")
-    for name, got, want in zip(names, grads, grads_ref):
-        assert got is not None, f"no gradient for {name}"
-        _close(got, want, f"grad {name}")
+    fused = {"position_bounds": bounds, "sigma_floor": sigma_floor}
+    for backend in _fast_backends(s, interpolation, p):
+        monkeypatch.setenv(construct.ENV_BACKEND, backend)  # raises rather than falling back
+        k, grads = _run(dcls_kernel, w.float(), p.float(), s.float(), span, interpolation, g, **fused)
+        assert k.dtype == torch.float32
+        _close(k, k_ref, f"kernel ({backend})")
+        for name, got, want in zip(names, grads, grads_ref):
+            assert got is not None, f"no gradient for {name} ({backend})"
+            _close(got, want, f"grad {name} ({backend})")
 
 
 # ------------------------------------------------------------------------------------------ fixed cases

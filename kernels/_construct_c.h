@@ -1,0 +1,482 @@
+/* C kernels of the DCLS kernel construction: 1-D/2-D Gaussian spans, float32 (private; see _construct_c.py).
+
+   Compiled twice, by _construct_avx512.c (W = 16 lanes, one zmm register per vector) and _construct_avx2.c
+   (W = 8, one ymm register), each an optional extension module of the package. The work unit is a block of W
+   consecutive (out, in) rows held lane-major in per-call scratch (A[k][x][lane]), as in the numba kernels:
+
+   forward   params -> (clamp, |sigma| floor) -> per-axis profiles and sums -> tap scales w / (Z0 Z1 + 1e-7)
+             -> sum over taps of outer products (register-tiled) -> transposed into the block's output rows;
+   backward  the same profiles, the upstream gradient rows transposed in, E0 = A1 G^T and E1 = A0 G
+             (register-tiled), then per tap the weight, position (straight through the clamp) and sigma
+             (through max(|s|, floor)) gradients, transposed out.
+
+   A block's outputs are contiguous (W rows of C floats = C whole vectors): they are assembled in an L1 staging
+   buffer and written with non-temporal stores where aligned, which spares the read-for-ownership of lines the
+   kernel overwrites entirely. Profile values below exp(-tail) of the peak are zero, as in the other backends.
+
+   Entry points take flat float32 arrays (positions and sigma [D, R, K], weight [R, K], kernel [R, S0 * S1]) and
+   a block range [b0, b1), so that callers can split the rows over threads. No Python API is used; the module
+   init function only makes the shared object importable. */
+
+#include <Python.h>
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------------------------------------ vectors */
+#if defined(DCLSZOO_AVX512)
+#define W 16
+#define TM 4 /* register tile of the small matrix products: TM x TN sums */
+#define TN 7
+typedef __m512 V;
+typedef __mmask16 VM;
+#define vload(p) _mm512_loadu_ps(p)
+#define vstore(p, v) _mm512_storeu_ps((p), (v))
+#define vstream(p, v) _mm512_stream_ps((p), (v))
+#define vset1(x) _mm512_set1_ps(x)
+#define vzero() _mm512_setzero_ps()
+#define vadd(a, b) _mm512_add_ps((a), (b))
+#define vsub(a, b) _mm512_sub_ps((a), (b))
+#define vmul(a, b) _mm512_mul_ps((a), (b))
+#define vdiv(a, b) _mm512_div_ps((a), (b))
+#define vfma(a, b, c) _mm512_fmadd_ps((a), (b), (c))
+#define vmin(a, b) _mm512_min_ps((a), (b))
+#define vmax(a, b) _mm512_max_ps((a), (b))
+#define vabs(a) _mm512_abs_ps(a)
+#define vgt(a, b) _mm512_cmp_ps_mask((a), (b), _CMP_GT_OQ)
+#define vge(a, b) _mm512_cmp_ps_mask((a), (b), _CMP_GE_OQ)
+#define vlt(a, b) _mm512_cmp_ps_mask((a), (b), _CMP_LT_OQ)
+#define vsel(m, a, b) _mm512_mask_blend_ps((m), (b), (a)) /* m ? a : b */
+#define vall(m) ((m) == (VM)0xFFFF)
+#define vround(t) _mm512_roundscale_ps((t), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define vscale2(p, n) _mm512_scalef_ps((p), (n)) /* p * 2**n, n integral */
+
+static inline void vtranspose(V r[W]) {
+    V t[W];
+    for (int i = 0; i < W; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < W; i += 4) {
+        r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i]), _mm512_castps_pd(t[i + 2])));
+        r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+        r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[i + 1]), _mm512_castps_pd(t[i + 3])));
+    }
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0x88);
+        t[4 + i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0xDD);
+        t[8 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0x88);
+        t[12 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0xDD);
+    }
+    for (int i = 0; i < 8; i++) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0x88);
+        r[8 + i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0xDD);
+    }
+}
+#elif defined(DCLSZOO_AVX2)
+#define W 8
+#define TM 2
+#define TN 4
+typedef __m256 V;
+typedef __m256 VM;
+#define vload(p) _mm256_loadu_ps(p)
+#define vstore(p, v) _mm256_storeu_ps((p), (v))
+#define vstream(p, v) _mm256_stream_ps((p), (v))
+#define vset1(x) _mm256_set1_ps(x)
+#define vzero() _mm256_setzero_ps()
+#define vadd(a, b) _mm256_add_ps((a), (b))
+#define vsub(a, b) _mm256_sub_ps((a), (b))
+#define vmul(a, b) _mm256_mul_ps((a), (b))
+#define vdiv(a, b) _mm256_div_ps((a), (b))
+#define vfma(a, b, c) _mm256_fmadd_ps((a), (b), (c))
+#define vmin(a, b) _mm256_min_ps((a), (b))
+#define vmax(a, b) _mm256_max_ps((a), (b))
+#define vabs(a) _mm256_andnot_ps(_mm256_set1_ps(-0.0f), (a))
+#define vgt(a, b) _mm256_cmp_ps((a), (b), _CMP_GT_OQ)
+#define vge(a, b) _mm256_cmp_ps((a), (b), _CMP_GE_OQ)
+#define vlt(a, b) _mm256_cmp_ps((a), (b), _CMP_LT_OQ)
+#define vsel(m, a, b) _mm256_blendv_ps((b), (a), (m))
+#define vall(m) (_mm256_movemask_ps(m) == 0xFF)
+#define vround(t) _mm256_round_ps((t), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+static inline V vscale2(V p, V n) {
+    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+
+static inline void vtranspose(V r[W]) {
+    V t[W];
+    for (int i = 0; i < W; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < W; i += 4) {
+        r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+        r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+        r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm256_permute2f128_ps(r[i], r[4 + i], 0x20);
+        t[4 + i] = _mm256_permute2f128_ps(r[i], r[4 + i], 0x31);
+    }
+    for (int i = 0; i < W; i++) r[i] = t[i];
+}
+#else
+#error "define DCLSZOO_AVX512 or DCLSZOO_AVX2"
+#endif
+
+#define LOG2E 1.4426950408889634f
+#define SAFE (-120.0f) /* the walk runs where every value and ratio is above 2**SAFE (float32 normals: 2**-126) */
+#define EPS 1e-7f      /* dclszoo.reference.GAUSS_EPS */
+
+/* 2**t for t >= -126: t = n + f with n the nearest integer and a degree-6 polynomial for 2**f, |f| <= 1/2 */
+static inline V vexp2(V t) {
+    V n = vround(t);
+    V f = vsub(t, n);
+    V p = vset1(0.00015403530393381606f);
+    p = vfma(p, f, vset1(0.0013333558146428443f));
+    p = vfma(p, f, vset1(0.009618129107628477f));
+    p = vfma(p, f, vset1(0.05550410866482158f));
+    p = vfma(p, f, vset1(0.2402265069591007f));
+    p = vfma(p, f, vset1(0.6931471805599453f));
+    p = vfma(p, f, vset1(1.0f));
+    return vscale2(p, n);
+}
+
+/* --------------------------------------------------------------------------------- rows <-> lane-major */
+/* src holds `valid` rows of c floats (row-major, contiguous); dst[j*W + lane] = src[lane*c + j] for j < c (rows
+   past `valid` are zero). `avail` floats are readable from src; `pad` is scratch of W*c + W floats. */
+static void rows_in(const float *src, int valid, int c, long avail, float *dst, float *pad) {
+    const float *rows = src;
+    /* rows shorter than a vector are read W floats at a time (into the next rows): fine inside the array */
+    if (valid < W || (c < W && (long)(W - 1) * c + W > avail)) { /* else through zero-padded scratch */
+        memcpy(pad, src, sizeof(float) * (size_t)valid * c);
+        memset(pad + (size_t)valid * c, 0, sizeof(float) * ((size_t)(W - valid) * c + W));
+        rows = pad;
+    }
+    for (int j0 = 0; j0 < c; j0 += W) {
+        int j = (c >= W && j0 + W > c) ? c - W : j0; /* the last columns: an overlapping group (same values) */
+        V r[W];
+        for (int i = 0; i < W; i++) r[i] = vload(rows + (size_t)i * c + j);
+        vtranspose(r);
+        int n = c - j < W ? c - j : W;
+        for (int i = 0; i < n; i++) vstore(dst + (size_t)(j + i) * W, r[i]);
+    }
+}
+
+/* Inverse of rows_in: lane-major src[j*W + lane] (j < c) into `valid` contiguous rows of c floats at dst, through
+   the staging buffer `stage` (W*c + W floats, 64-byte aligned); whole blocks with non-temporal stores when dst is
+   aligned to a vector. */
+static void rows_out(const float *src, int c, float *dst, int valid, float *stage) {
+    for (int j0 = 0; j0 < c; j0 += W) {
+        int j = (c >= W && j0 + W > c) ? c - W : j0;
+        V r[W];
+        for (int i = 0; i < W; i++) r[i] = vload(src + (size_t)(j + i) * W);
+        vtranspose(r);
+        for (int i = 0; i < W; i++) vstore(stage + (size_t)i * c + j, r[i]); /* ascending: rows overwrite excess */
+    }
+    if (valid == W) {
+        if (((uintptr_t)dst % (W * sizeof(float))) == 0) {
+            for (int j = 0; j < c; j++) vstream(dst + (size_t)j * W, vload(stage + (size_t)j * W));
+        } else {
+            for (int j = 0; j < c; j++) vstore(dst + (size_t)j * W, vload(stage + (size_t)j * W));
+        }
+    } else {
+        memcpy(dst, stage, sizeof(float) * (size_t)valid * c);
+    }
+}
+
+/* -------------------------------------------------------------------------------- small matrix products */
+/* C[i*ci + j*cj] = sum_l A[i*ai + l*al] * B[l*bl + j*bj] (indices in vectors), one register tile of tm x tn */
+#define DEF_TILE(M_, N_)                                                                                         \
+    static void tile_##M_##_##N_(float *C, long ci, long cj, const float *A, long ai, long al, const float *B,   \
+                                 long bl, long bj, int kk) {                                                     \
+        V acc[M_][N_];                                                                                           \
+        for (int i = 0; i < M_; i++)                                                                             \
+            for (int j = 0; j < N_; j++) acc[i][j] = vzero();                                                    \
+        for (int l = 0; l < kk; l++) {                                                                           \
+            V a[M_];                                                                                             \
+            for (int i = 0; i < M_; i++) a[i] = vload(A + (i * ai + l * al) * W);                                \
+            for (int j = 0; j < N_; j++) {                                                                       \
+                V b = vload(B + (l * bl + j * bj) * W);                                                          \
+                for (int i = 0; i < M_; i++) acc[i][j] = vfma(a[i], b, acc[i][j]);                               \
+            }                                                                                                    \
+        }                                                                                                        \
+        for (int i = 0; i < M_; i++)                                                                             \
+            for (int j = 0; j < N_; j++) vstore(C + (i * ci + j * cj) * W, acc[i][j]);                           \
+    }
+
+typedef void (*tile_fn)(float *, long, long, const float *, long, long, const float *, long, long, int);
+
+#define DEF_ROW(M_) DEF_TILE(M_, 1) DEF_TILE(M_, 2) DEF_TILE(M_, 3) DEF_TILE(M_, 4)
+DEF_ROW(1) DEF_ROW(2)
+#if TM >= 4
+DEF_ROW(3) DEF_ROW(4)
+DEF_TILE(1, 5) DEF_TILE(1, 6) DEF_TILE(1, 7) DEF_TILE(2, 5) DEF_TILE(2, 6) DEF_TILE(2, 7)
+DEF_TILE(3, 5) DEF_TILE(3, 6) DEF_TILE(3, 7) DEF_TILE(4, 5) DEF_TILE(4, 6) DEF_TILE(4, 7)
+static const tile_fn TILES[TM][TN] = {
+    {tile_1_1, tile_1_2, tile_1_3, tile_1_4, tile_1_5, tile_1_6, tile_1_7},
+    {tile_2_1, tile_2_2, tile_2_3, tile_2_4, tile_2_5, tile_2_6, tile_2_7},
+    {tile_3_1, tile_3_2, tile_3_3, tile_3_4, tile_3_5, tile_3_6, tile_3_7},
+    {tile_4_1, tile_4_2, tile_4_3, tile_4_4, tile_4_5, tile_4_6, tile_4_7},
+};
+#else
+static const tile_fn TILES[TM][TN] = {
+    {tile_1_1, tile_1_2, tile_1_3, tile_1_4},
+    {tile_2_1, tile_2_2, tile_2_3, tile_2_4},
+};
+#endif
+
+static void gemm(float *C, long ci, long cj, const float *A, long ai, long al, const float *B, long bl, long bj, int m,
+                 int n, int kk) {
+    for (int i0 = 0; i0 < m; i0 += TM) {
+        int tm = m - i0 < TM ? m - i0 : TM;
+        for (int j0 = 0; j0 < n; j0 += TN) {
+            int tn = n - j0 < TN ? n - j0 : TN;
+            TILES[tm - 1][tn - 1](C + (i0 * ci + j0 * cj) * W, ci, cj, A + i0 * ai * W, ai, al, B + j0 * bj * W, bl,
+                                  bj, kk);
+        }
+    }
+}
+
+/* -------------------------------------------------------------------------------------------- profiles */
+/* Gaussian profile of one tap on W rows: a[j*W] = exp(-u_j^2 / (2 s^2)) with u_j = c0 + j - pos (0 below
+   exp(-tail)), j < n; returns the sum. From the middle point outwards by the recurrence phi(u +- 1) = phi(u) r,
+   r *= q (three exp2 and products) where every value and ratio stays in range in all lanes, else one exp2 per
+   point. `coef` = -log2(e) / (2 s^2). */
+static inline V profile(V pos, V coef, int n, float c0, V thr, V limit, float *a) {
+    int mid = n / 2, up = n - 1 - mid;
+    V u0 = vsub(vset1(c0), pos);
+    V um = vadd(u0, vset1((float)mid));
+    V t_mid = vmul(vmul(um, um), coef);
+    V t_q = vadd(coef, coef);
+    V t_up = vmul(coef, vadd(vadd(um, um), vset1(1.0f)));
+    V t_dn = vmul(coef, vsub(vset1(1.0f), vadd(um, um)));
+    V uh = vadd(u0, vset1((float)(n - 1)));
+    V t_far = vmul(coef, vmax(vmul(u0, u0), vmul(uh, uh)));
+    V low = vmin(vmin(t_mid, t_q), vmin(vsub(vzero(), vmax(t_up, t_dn)), t_far));
+    V z;
+    if (vall(vge(low, vset1(SAFE)))) {
+        V v = vexp2(t_mid), q = vexp2(t_q);
+        V ru = vexp2(vmax(t_up, vset1(-100.0f))), rd = vexp2(vmax(t_dn, vset1(-100.0f)));
+        V first = vsel(vgt(v, thr), v, vzero());
+        vstore(a + mid * W, first);
+        z = first;
+        V vu = v, vd = v;
+        for (int j = 1; j <= mid; j++) {
+            vd = vmul(vd, rd);
+            rd = vmul(rd, q);
+            V o = vsel(vgt(vd, thr), vd, vzero());
+            vstore(a + (mid - j) * W, o);
+            z = vadd(z, o);
+            if (j <= up) {
+                vu = vmul(vu, ru);
+                ru = vmul(ru, q);
+                V o2 = vsel(vgt(vu, thr), vu, vzero());
+                vstore(a + (mid + j) * W, o2);
+                z = vadd(z, o2);
+            }
+        }
+    } else {
+        z = vzero();
+        V u = u0;
+        for (int j = 0; j < n; j++) {
+            V t = vmul(vmul(u, u), coef);
+            VM keep = vgt(t, limit);
+            V v = vsel(keep, vexp2(vmax(t, vset1(-126.0f))), vzero());
+            vstore(a + j * W, v);
+            z = vadd(z, v);
+            u = vadd(u, vset1(1.0f));
+        }
+    }
+    return z;
+}
+
+/* --------------------------------------------------------------------------------------------- scratch */
+typedef struct {
+    float *wl, *pl, *sl, *chain, *a0, *a1, *z0, *z1, *sc, *den, *acc, *e0, *e1, *gsc, *res, *stage, *pad;
+    void *mem;
+} Scratch;
+
+static int scratch_init(Scratch *s, int D, int K, int S0, int S1) {
+    size_t n = (size_t)K * W, m = (size_t)S0 * S1;
+    size_t big = (m > (size_t)K ? m : (size_t)K) * W + W; /* staging / padding of one block's rows */
+    size_t sizes[17] = {n, D * n, D * n, D * n, n * S0, n * S1, n, n, n, n, m * W, n * S0, n * S1, n,
+                        4 * n, big, big};
+    size_t total = 0;
+    for (int i = 0; i < 17; i++) total += (sizes[i] + 15) & ~(size_t)15; /* keep every array 64-byte aligned */
+    float *mem = (float *)aligned_alloc(64, total * sizeof(float));
+    if (!mem) return 0;
+    float **slots[17] = {&s->wl, &s->pl, &s->sl, &s->chain, &s->a0, &s->a1, &s->z0, &s->z1, &s->sc,
+                         &s->den, &s->acc, &s->e0, &s->e1, &s->gsc, &s->res, &s->stage, &s->pad};
+    float *p = mem;
+    for (int i = 0; i < 17; i++) {
+        *slots[i] = p;
+        p += (sizes[i] + 15) & ~(size_t)15;
+    }
+    s->mem = mem;
+    return 1;
+}
+
+/* Parameters of block r0 (valid rows) lane-major, the clamp and the sigma floor applied; the profiles, their sums,
+   the tap scales sc = w / den and den = Z0 Z1 + 1e-7. */
+static void block_params(const float *w, const float *p, const float *sg, long R, int D, int K, int S0, int S1,
+                         const float *lo, const float *hi, int bounded, float fl, float tail, long r0, int valid,
+                         Scratch *s) {
+    size_t n = (size_t)K * W;
+    long left = (R - r0) * K; /* readable floats from the block's first row to the end of its array */
+    rows_in(w + r0 * K, valid, K, left, s->wl, s->pad);
+    for (int d = 0; d < D; d++) {
+        rows_in(p + d * R * K + r0 * K, valid, K, left, s->pl + d * n, s->pad);
+        rows_in(sg + d * R * K + r0 * K, valid, K, left, s->sl + d * n, s->pad);
+    }
+    V thr = vset1(__builtin_expf(-tail)), limit = vset1(-tail * LOG2E), vfl = vset1(fl);
+    for (int d = 0; d < D; d++) {
+        V vlo = vset1(bounded ? lo[d] : 0.0f), vhi = vset1(bounded ? hi[d] : 0.0f);
+        int size = d == 0 ? S0 : S1;
+        float c0 = (float)(-(size / 2));
+        float *a = d == 0 ? s->a0 : s->a1, *z = d == 0 ? s->z0 : s->z1;
+        for (int k = 0; k < K; k++) {
+            size_t q = d * n + (size_t)k * W;
+            V pos = vload(s->pl + q), raw = vload(s->sl + q);
+            if (bounded) pos = vmin(vmax(pos, vlo), vhi);
+            V sd = raw, ch = vset1(1.0f);
+            if (fl > 0.0f) { /* std = max(|s|, floor); d std / d s = sign(s) * (|s| >= floor) */
+                V ab = vabs(raw);
+                V sign = vsel(vlt(raw, vzero()), vset1(-1.0f), vset1(1.0f));
+                ch = vsel(vge(ab, vfl), sign, vzero());
+                sd = vmax(ab, vfl);
+            }
+            V coef = vdiv(vset1(-0.5f * LOG2E), vmul(sd, sd));
+            vstore(s->pl + q, pos);
+            vstore(s->sl + q, sd);
+            vstore(s->chain + q, ch);
+            vstore(z + k * W, profile(pos, coef, size, c0, thr, limit, a + (size_t)k * size * W));
+        }
+    }
+    for (int k = 0; k < K; k++) {
+        V z1 = D == 2 ? vload(s->z1 + k * W) : vset1(1.0f);
+        V den = vfma(vload(s->z0 + k * W), z1, vset1(EPS));
+        vstore(s->den + k * W, den);
+        vstore(s->sc + k * W, vdiv(vload(s->wl + k * W), den));
+        if (D == 1) vstore(s->z1 + k * W, vset1(1.0f));
+    }
+    if (D == 1)
+        for (int k = 0; k < K; k++) vstore(s->a1 + k * W, vset1(1.0f));
+}
+
+/* ----------------------------------------------------------------------------------------- entry points */
+/* Dense kernel rows out[R, S0*S1] for blocks [b0, b1); D = 1 (S1 = 1) or 2. Returns 0 if scratch could not be
+   allocated. */
+int dclszoo_construct_forward(const float *w, const float *p, const float *sg, long R, int D, int K, int S0, int S1,
+                              const float *lo, const float *hi, int bounded, float fl, float tail, float *out, long b0,
+                              long b1) {
+    Scratch s;
+    if (!scratch_init(&s, D, K, S0, S1)) return 0;
+    int m = S0 * S1;
+    for (long b = b0; b < b1; b++) {
+        long r0 = b * W;
+        int valid = R - r0 < W ? (int)(R - r0) : W;
+        block_params(w, p, sg, R, D, K, S0, S1, lo, hi, bounded, fl, tail, r0, valid, &s);
+        for (int k = 0; k < K; k++) { /* bk = sc * a0 (in place) */
+            V sc = vload(s.sc + k * W);
+            for (int y = 0; y < S0; y++) {
+                float *q = s.a0 + ((size_t)k * S0 + y) * W;
+                vstore(q, vmul(vload(q), sc));
+            }
+        }
+        /* acc[y][x] = sum_k bk[k][y] a1[k][x] */
+        gemm(s.acc, S1, 1, s.a0, 1, S0, s.a1, S1, 1, S0, S1, K);
+        rows_out(s.acc, m, out + r0 * m, valid, s.stage);
+    }
+    _mm_sfence();
+    free(s.mem);
+    return 1;
+}
+
+/* Position and sigma gradients of axis d for all taps, into res[0 | 2][d][k] (positions | sigma). */
+static void tap_grads(int d, int K, int S0, int S1, Scratch *s) {
+    size_t n = (size_t)K * W;
+    int size = d == 0 ? S0 : S1;
+    float c0 = (float)(-(size / 2));
+    const float *a = d == 0 ? s->a0 : s->a1, *e = d == 0 ? s->e0 : s->e1;
+    const float *zo = d == 0 ? s->z1 : s->z0;
+    for (int k = 0; k < K; k++) {
+        size_t q = d * n + (size_t)k * W;
+        V pos = vload(s->pl + q), sd = vload(s->sl + q), ch = vload(s->chain + q);
+        V sc = vload(s->sc + k * W), gsc = vload(s->gsc + k * W), den = vload(s->den + k * W);
+        V shift = vdiv(vmul(vmul(vsub(vzero(), gsc), sc), vload(zo + k * W)), den); /* the normaliser's share */
+        V m1 = vzero(), m2 = vzero();
+        V u = vsub(vset1(c0), pos);
+        for (int j = 0; j < size; j++) {
+            V t = vmul(vmul(vfma(sc, vload(e + ((size_t)k * size + j) * W), shift),
+                            vload(a + ((size_t)k * size + j) * W)), u);
+            m1 = vadd(m1, t);
+            m2 = vfma(t, u, m2);
+            u = vadd(u, vset1(1.0f));
+        }
+        V inv2 = vdiv(vset1(1.0f), vmul(sd, sd));
+        vstore(s->res + q, vmul(m1, inv2));
+        vstore(s->res + 2 * n + q, vdiv(vmul(vmul(m2, inv2), ch), sd));
+    }
+}
+
+/* Gradients for the upstream rows g[R, S0*S1], blocks [b0, b1): gw [R, K], gp and gs [D, R, K] (NULL where not
+   wanted). Returns 0 if scratch could not be allocated. */
+int dclszoo_construct_backward(const float *w, const float *p, const float *sg, const float *g, long R, int D, int K,
+                               int S0, int S1, const float *lo, const float *hi, int bounded, float fl, float tail,
+                               float *gw, float *gp, float *gs, long b0, long b1) {
+    Scratch s;
+    if (!scratch_init(&s, D, K, S0, S1)) return 0;
+    int m = S0 * S1;
+    size_t n = (size_t)K * W;
+    for (long b = b0; b < b1; b++) {
+        long r0 = b * W;
+        int valid = R - r0 < W ? (int)(R - r0) : W;
+        block_params(w, p, sg, R, D, K, S0, S1, lo, hi, bounded, fl, tail, r0, valid, &s);
+        rows_in(g + r0 * m, valid, m, (R - r0) * m, s.acc, s.pad); /* the upstream gradient, lane-major [y][x] */
+        if (D == 2) {
+            /* E0[k][y] = sum_x a1[k][x] G[y][x];  E1[k][x] = sum_y a0[k][y] G[y][x] */
+            gemm(s.e0, S0, 1, s.a1, S1, 1, s.acc, 1, S1, K, S0, S1);
+            gemm(s.e1, S1, 1, s.a0, S0, 1, s.acc, S1, 1, K, S1, S0);
+        } else {
+            for (int k = 0; k < K; k++) memcpy(s.e0 + (size_t)k * S0 * W, s.acc, sizeof(float) * S0 * W);
+        }
+        for (int k = 0; k < K; k++) { /* dL/dsc[k] = sum_y a0[k][y] E0[k][y] */
+            V acc = vzero();
+            for (int y = 0; y < S0; y++)
+                acc = vfma(vload(s.a0 + ((size_t)k * S0 + y) * W), vload(s.e0 + ((size_t)k * S0 + y) * W), acc);
+            vstore(s.gsc + k * W, acc);
+        }
+        if (gp || gs)
+            for (int d = 0; d < D; d++) tap_grads(d, K, S0, S1, &s);
+        if (gw) {
+            for (int k = 0; k < K; k++) vstore(s.wl + k * W, vdiv(vload(s.gsc + k * W), vload(s.den + k * W)));
+            rows_out(s.wl, K, gw + r0 * K, valid, s.stage);
+        }
+        for (int d = 0; d < D; d++) {
+            if (gp) rows_out(s.res + d * n, K, gp + d * R * K + r0 * K, valid, s.stage);
+            if (gs) rows_out(s.res + 2 * n + d * n, K, gs + d * R * K + r0 * K, valid, s.stage);
+        }
+    }
+    _mm_sfence();
+    free(s.mem);
+    return 1;
+}
+
+/* The lane count of this build (16: AVX-512, 8: AVX2). */
+int dclszoo_lanes(void) { return W; }
+
+/* ------------------------------------------------------------------------------------- module init only */
+#if defined(DCLSZOO_AVX512)
+#define MODNAME "_construct_avx512"
+#define INITFN PyInit__construct_avx512
+#else
+#define MODNAME "_construct_avx2"
+#define INITFN PyInit__construct_avx2
+#endif
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, MODNAME, "C construction kernels (loaded with ctypes)", -1,
+                                    NULL, NULL, NULL, NULL, NULL};
+PyMODINIT_FUNC INITFN(void) { return PyModule_Create(&module); }

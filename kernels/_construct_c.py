@@ -1,0 +1,173 @@
+"""The C kernels of the DCLS kernel construction (private; used by :mod:`dclszoo.kernels.construct`).
+
+``_construct_c.c`` is compiled at install time into two optional extension modules, ``_construct_avx512``
+(16 lanes) and ``_construct_avx2`` (8 lanes); the one this CPU can run is loaded with :mod:`ctypes` (the extension
+modules export plain C functions). The kernels take a range of row blocks, so the rows are split over numba's
+thread pool (``prange``), which also runs the numba kernels: threads of a pool of our own would compete with the
+OpenMP workers of torch and numba, which keep spinning for milliseconds after each parallel region. Without numba
+the kernels run on the calling thread.
+
+What they cover: Gaussian interpolation, 1-D and 2-D spans, float32 CPU tensors with weight, positions and sigma
+of their full shapes (the numba kernels take everything else).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.util
+import os
+
+import numpy as np
+
+__all__ = ["available", "lanes", "forward", "backward"]
+
+# extension module -> CPU features it needs (names as in /proc/cpuinfo)
+_VARIANTS = (
+    ("_construct_avx512", ("avx512f", "avx512dq", "avx512bw", "avx512vl", "fma")),
+    ("_construct_avx2", ("avx2", "fma")),
+)
+_CHUNKS_PER_THREAD = 4
+_VP, _L, _I, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
+
+
+def _cpu_features() -> frozenset[str]:
+    """Instruction-set flags of this CPU (empty where they cannot be read: then no variant is used)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    try:  # not Linux: llvmlite (installed with numba) knows the host
+        import llvmlite.binding as llvm
+
+        return frozenset(name for name, on in llvm.get_host_cpu_features().items() if on)
+    except Exception:  # noqa: BLE001 - any failure means: no features known
+        return frozenset()
+
+
+def _load():
+    """``(ctypes library, lanes)`` of the best variant built and runnable here, or None."""
+    features = _cpu_features()
+    for name, needs in _VARIANTS:
+        if not set(needs) <= features:
+            continue
+        spec = importlib.util.find_spec(f"{__package__}.{name}")
+        if spec is None or not spec.origin or not os.path.exists(spec.origin):
+            continue  # not built (no compiler at install time, or a platform without these instructions)
+        lib = ctypes.CDLL(spec.origin)
+        lib.dclszoo_construct_forward.argtypes = [_VP] * 3 + [_L] + [_I] * 4 + [_VP] * 2 + [_I, _F, _F, _VP, _L, _L]
+        lib.dclszoo_construct_forward.restype = _I
+        lib.dclszoo_construct_backward.argtypes = ([_VP] * 4 + [_L] + [_I] * 4 + [_VP] * 2 + [_I, _F, _F] + [_VP] * 3
+                                                   + [_L, _L])
+        lib.dclszoo_construct_backward.restype = _I
+        lib.dclszoo_lanes.restype = _I
+        return lib, int(lib.dclszoo_lanes())
+    return None
+
+
+_LOADED = _load()  # at import: a dlopen of a small library (no numba); torch.compile then only reads a global
+
+
+def _library():
+    return _LOADED
+
+
+def available() -> bool:
+    """Whether a C kernel variant is built and runs on this CPU."""
+    return _LOADED is not None
+
+
+def lanes() -> int:
+    """Rows per block of the loaded variant (16 or 8)."""
+    return _library()[1]
+
+
+@functools.lru_cache(maxsize=1)
+def _parallel():
+    """numba ``prange`` drivers of the two kernels (compiled at first use; they hold the C functions' addresses,
+    so they are not cached on disk), or None without numba."""
+    try:
+        from numba import njit, prange
+    except ImportError:
+        return None
+    lib = _library()[0]
+    c_forward, c_backward = lib.dclszoo_construct_forward, lib.dclszoo_construct_backward
+
+    @njit(parallel=True, nogil=True)
+    def forward_blocks(w, p, s, rows, ndim, k, s0, s1, lo, hi, bounded, floor, tail, out, n_blocks, n_chunks,
+                       status):  # pragma: no cover - jitted
+        for c in prange(n_chunks):
+            status[c] = c_forward(w.ctypes.data, p.ctypes.data, s.ctypes.data, rows, ndim, k, s0, s1, lo.ctypes.data,
+                                  hi.ctypes.data, bounded, floor, tail, out.ctypes.data, n_blocks * c // n_chunks,
+                                  n_blocks * (c + 1) // n_chunks)
+
+    @njit(parallel=True, nogil=True)
+    def backward_blocks(w, p, s, g, rows, ndim, k, s0, s1, lo, hi, bounded, floor, tail, gw, gp, gs, n_blocks,
+                        n_chunks, status):  # pragma: no cover - jitted
+        for c in prange(n_chunks):
+            status[c] = c_backward(w.ctypes.data, p.ctypes.data, s.ctypes.data, g.ctypes.data, rows, ndim, k, s0, s1,
+                                   lo.ctypes.data, hi.ctypes.data, bounded, floor, tail, gw, gp, gs,
+                                   n_blocks * c // n_chunks, n_blocks * (c + 1) // n_chunks)
+
+    return forward_blocks, backward_blocks
+
+
+def _require(a, **outputs) -> None:
+    """The arrays must hold what the kernels read and write (they index raw pointers)."""
+    rk = a.rows * a.k
+    sizes = {"weight": (a.w, rk), "positions": (a.p, a.ndim * rk), "sigma": (a.s, a.ndim * rk)}
+    sizes.update(outputs)
+    for name, (arr, n) in sizes.items():
+        if arr is not None and (arr.dtype != np.float32 or arr.size < n or not arr.flags.c_contiguous):
+            raise ValueError(f"C construction kernel: {name} must be {n} contiguous float32 values, got "
+                             f"{arr.size} of {arr.dtype}.")
+
+
+def _split(rows: int, threads: int) -> tuple[int, int]:
+    n_blocks = -(-rows // lanes())
+    return n_blocks, max(1, min(n_blocks, _CHUNKS_PER_THREAD * threads))
+
+
+def _check(status: np.ndarray) -> None:
+    if not status.all():
+        raise MemoryError("dclszoo C construction kernel: could not allocate its per-thread scratch buffers.")
+
+
+def forward(a, out: np.ndarray, threads: int) -> None:
+    """Dense kernel rows into ``out`` for the :class:`~dclszoo.kernels.construct._Args` ``a`` (full-shape
+    contiguous parameters, Gaussian)."""
+    _require(a, kernel=(out, a.rows * a.s0 * a.s1))
+    n_blocks, n_chunks = _split(a.rows, threads)
+    args = (a.w, a.p, a.s, a.rows, a.ndim, a.k, a.s0, a.s1, a.lo, a.hi, int(a.bounded), float(a.floor),
+            float(a.tail), out)
+    drivers = _parallel() if threads > 1 else None
+    if drivers is None:
+        status = np.array([_library()[0].dclszoo_construct_forward(
+            *(x.ctypes.data if isinstance(x, np.ndarray) else x for x in args), 0, n_blocks)], dtype=np.int32)
+    else:
+        status = np.zeros(n_chunks, dtype=np.int32)
+        drivers[0](*args, n_blocks, n_chunks, status)
+    _check(status)
+
+
+def backward(a, g: np.ndarray, gw: np.ndarray | None, gp: np.ndarray | None, gs: np.ndarray | None,
+             threads: int) -> None:
+    """Parameter gradients for the upstream rows ``g`` into ``gw``, ``gp``, ``gs`` (None: not computed)."""
+    rk = a.rows * a.k
+    _require(a, upstream=(g, a.rows * a.s0 * a.s1), weight_grad=(gw, rk), position_grad=(gp, a.ndim * rk),
+             sigma_grad=(gs, a.ndim * rk))
+    n_blocks, n_chunks = _split(a.rows, threads)
+    ptrs = tuple(0 if t is None else t.ctypes.data for t in (gw, gp, gs))
+    args = (a.w, a.p, a.s, g, a.rows, a.ndim, a.k, a.s0, a.s1, a.lo, a.hi, int(a.bounded), float(a.floor),
+            float(a.tail))
+    drivers = _parallel() if threads > 1 else None
+    if drivers is None:
+        status = np.array([_library()[0].dclszoo_construct_backward(
+            *(x.ctypes.data if isinstance(x, np.ndarray) else x for x in args), *ptrs, 0, n_blocks)], dtype=np.int32)
+    else:
+        status = np.zeros(n_chunks, dtype=np.int32)
+        drivers[1](*args, *ptrs, n_blocks, n_chunks, status)
+    _check(status)
