@@ -131,17 +131,17 @@ static inline void vtranspose(V r[W]) {
 #define SAFE (-120.0f) /* the walk runs where every value and ratio is above 2**SAFE (float32 normals: 2**-126) */
 #define EPS 1e-7f      /* dclszoo.reference.GAUSS_EPS */
 
-/* 2**t for t >= -126: t = n + f with n the nearest integer and a degree-6 polynomial for 2**f, |f| <= 1/2 */
+/* 2**t for t >= -126: t = n + f with n the nearest integer and, for 2**f with |f| <= 1/2, a degree-5 polynomial
+   fitted for relative error (7.5e-8 in exact arithmetic, 2.4e-7 evaluated in float32) */
 static inline V vexp2(V t) {
     V n = vround(t);
     V f = vsub(t, n);
-    V p = vset1(0.00015403530393381606f);
-    p = vfma(p, f, vset1(0.0013333558146428443f));
-    p = vfma(p, f, vset1(0.009618129107628477f));
-    p = vfma(p, f, vset1(0.05550410866482158f));
-    p = vfma(p, f, vset1(0.2402265069591007f));
-    p = vfma(p, f, vset1(0.6931471805599453f));
-    p = vfma(p, f, vset1(1.0f));
+    V p = vset1(0.0013276446271877624f);
+    p = vfma(p, f, vset1(0.009675533207438598f));
+    p = vfma(p, f, vset1(0.05550713274375442f));
+    p = vfma(p, f, vset1(0.24022119876006953f));
+    p = vfma(p, f, vset1(0.6931469671149861f));
+    p = vfma(p, f, vset1(1.0000000716233923f));
     return vscale2(p, n);
 }
 
@@ -189,16 +189,21 @@ static void rows_out(const float *src, int c, float *dst, int valid, float *stag
 }
 
 /* -------------------------------------------------------------------------------- small matrix products */
-/* C[i*ci + j*cj] = sum_l A[i*ai + l*al] * B[l*bl + j*bj] (indices in vectors), one register tile of tm x tn */
+/* C[i*ci + j*cj] = sum_l f[l] A[i*ai + l*al] * B[l*bl + j*bj] (indices in vectors; f = 1 when `scale` is NULL,
+   else the vector scale[l*W]), one register tile of tm x tn */
 #define DEF_TILE(M_, N_)                                                                                         \
     static void tile_##M_##_##N_(float *C, long ci, long cj, const float *A, long ai, long al, const float *B,   \
-                                 long bl, long bj, int kk) {                                                     \
+                                 long bl, long bj, int kk, const float *scale) {                                 \
         V acc[M_][N_];                                                                                           \
         for (int i = 0; i < M_; i++)                                                                             \
             for (int j = 0; j < N_; j++) acc[i][j] = vzero();                                                    \
         for (int l = 0; l < kk; l++) {                                                                           \
             V a[M_];                                                                                             \
             for (int i = 0; i < M_; i++) a[i] = vload(A + (i * ai + l * al) * W);                                \
+            if (scale) {                                                                                         \
+                V f = vload(scale + (size_t)l * W);                                                              \
+                for (int i = 0; i < M_; i++) a[i] = vmul(a[i], f);                                               \
+            }                                                                                                    \
             for (int j = 0; j < N_; j++) {                                                                       \
                 V b = vload(B + (l * bl + j * bj) * W);                                                          \
                 for (int i = 0; i < M_; i++) acc[i][j] = vfma(a[i], b, acc[i][j]);                               \
@@ -208,7 +213,8 @@ static void rows_out(const float *src, int c, float *dst, int valid, float *stag
             for (int j = 0; j < N_; j++) vstore(C + (i * ci + j * cj) * W, acc[i][j]);                           \
     }
 
-typedef void (*tile_fn)(float *, long, long, const float *, long, long, const float *, long, long, int);
+typedef void (*tile_fn)(float *, long, long, const float *, long, long, const float *, long, long, int,
+                        const float *);
 
 #define DEF_ROW(M_) DEF_TILE(M_, 1) DEF_TILE(M_, 2) DEF_TILE(M_, 3) DEF_TILE(M_, 4)
 DEF_ROW(1) DEF_ROW(2)
@@ -230,13 +236,13 @@ static const tile_fn TILES[TM][TN] = {
 #endif
 
 static void gemm(float *C, long ci, long cj, const float *A, long ai, long al, const float *B, long bl, long bj, int m,
-                 int n, int kk) {
+                 int n, int kk, const float *scale) {
     for (int i0 = 0; i0 < m; i0 += TM) {
         int tm = m - i0 < TM ? m - i0 : TM;
         for (int j0 = 0; j0 < n; j0 += TN) {
             int tn = n - j0 < TN ? n - j0 : TN;
             TILES[tm - 1][tn - 1](C + (i0 * ci + j0 * cj) * W, ci, cj, A + i0 * ai * W, ai, al, B + j0 * bj * W, bl,
-                                  bj, kk);
+                                  bj, kk, scale);
         }
     }
 }
@@ -296,7 +302,8 @@ static inline V profile(V pos, V coef, int n, float c0, V thr, V limit, float *a
 
 /* --------------------------------------------------------------------------------------------- scratch */
 typedef struct {
-    float *wl, *pl, *sl, *chain, *a0, *a1, *z0, *z1, *sc, *den, *acc, *e0, *e1, *gsc, *res, *stage, *pad;
+    /* lane-major per tap: weights, clamped positions, 1 / std, d std / d sigma, profiles, sums, w / den, 1 / den */
+    float *wl, *pl, *inv, *chain, *a0, *a1, *z0, *z1, *sc, *iden, *acc, *e0, *e1, *gsc, *res, *stage, *pad;
     void *mem;
 } Scratch;
 
@@ -309,8 +316,8 @@ static int scratch_init(Scratch *s, int D, int K, int S0, int S1) {
     for (int i = 0; i < 17; i++) total += (sizes[i] + 15) & ~(size_t)15; /* keep every array 64-byte aligned */
     float *mem = (float *)aligned_alloc(64, total * sizeof(float));
     if (!mem) return 0;
-    float **slots[17] = {&s->wl, &s->pl, &s->sl, &s->chain, &s->a0, &s->a1, &s->z0, &s->z1, &s->sc,
-                         &s->den, &s->acc, &s->e0, &s->e1, &s->gsc, &s->res, &s->stage, &s->pad};
+    float **slots[17] = {&s->wl, &s->pl, &s->inv, &s->chain, &s->a0, &s->a1, &s->z0, &s->z1, &s->sc,
+                         &s->iden, &s->acc, &s->e0, &s->e1, &s->gsc, &s->res, &s->stage, &s->pad};
     float *p = mem;
     for (int i = 0; i < 17; i++) {
         *slots[i] = p;
@@ -321,7 +328,7 @@ static int scratch_init(Scratch *s, int D, int K, int S0, int S1) {
 }
 
 /* Parameters of block r0 (valid rows) lane-major, the clamp and the sigma floor applied; the profiles, their sums,
-   the tap scales sc = w / den and den = Z0 Z1 + 1e-7. */
+   the tap scales sc = w / den and iden = 1 / den, den = Z0 Z1 + 1e-7 (three divisions per tap in all). */
 static void block_params(const float *w, const float *p, const float *sg, long R, int D, int K, int S0, int S1,
                          const float *lo, const float *hi, int bounded, float fl, float tail, long r0, int valid,
                          Scratch *s) {
@@ -330,7 +337,7 @@ static void block_params(const float *w, const float *p, const float *sg, long R
     rows_in(w + r0 * K, valid, K, left, s->wl, s->pad);
     for (int d = 0; d < D; d++) {
         rows_in(p + d * R * K + r0 * K, valid, K, left, s->pl + d * n, s->pad);
-        rows_in(sg + d * R * K + r0 * K, valid, K, left, s->sl + d * n, s->pad);
+        rows_in(sg + d * R * K + r0 * K, valid, K, left, s->inv + d * n, s->pad); /* raw sigma, for now */
     }
     V thr = vset1(__builtin_expf(-tail)), limit = vset1(-tail * LOG2E), vfl = vset1(fl);
     for (int d = 0; d < D; d++) {
@@ -340,7 +347,7 @@ static void block_params(const float *w, const float *p, const float *sg, long R
         float *a = d == 0 ? s->a0 : s->a1, *z = d == 0 ? s->z0 : s->z1;
         for (int k = 0; k < K; k++) {
             size_t q = d * n + (size_t)k * W;
-            V pos = vload(s->pl + q), raw = vload(s->sl + q);
+            V pos = vload(s->pl + q), raw = vload(s->inv + q);
             if (bounded) pos = vmin(vmax(pos, vlo), vhi);
             V sd = raw, ch = vset1(1.0f);
             if (fl > 0.0f) { /* std = max(|s|, floor); d std / d s = sign(s) * (|s| >= floor) */
@@ -349,18 +356,19 @@ static void block_params(const float *w, const float *p, const float *sg, long R
                 ch = vsel(vge(ab, vfl), sign, vzero());
                 sd = vmax(ab, vfl);
             }
-            V coef = vdiv(vset1(-0.5f * LOG2E), vmul(sd, sd));
+            V inv = vdiv(vset1(1.0f), sd);
+            V coef = vmul(vset1(-0.5f * LOG2E), vmul(inv, inv));
             vstore(s->pl + q, pos);
-            vstore(s->sl + q, sd);
+            vstore(s->inv + q, inv);
             vstore(s->chain + q, ch);
             vstore(z + k * W, profile(pos, coef, size, c0, thr, limit, a + (size_t)k * size * W));
         }
     }
     for (int k = 0; k < K; k++) {
         V z1 = D == 2 ? vload(s->z1 + k * W) : vset1(1.0f);
-        V den = vfma(vload(s->z0 + k * W), z1, vset1(EPS));
-        vstore(s->den + k * W, den);
-        vstore(s->sc + k * W, vdiv(vload(s->wl + k * W), den));
+        V iden = vdiv(vset1(1.0f), vfma(vload(s->z0 + k * W), z1, vset1(EPS)));
+        vstore(s->iden + k * W, iden);
+        vstore(s->sc + k * W, vmul(vload(s->wl + k * W), iden));
         if (D == 1) vstore(s->z1 + k * W, vset1(1.0f));
     }
     if (D == 1)
@@ -380,15 +388,8 @@ int dclszoo_construct_forward(const float *w, const float *p, const float *sg, l
         long r0 = b * W;
         int valid = R - r0 < W ? (int)(R - r0) : W;
         block_params(w, p, sg, R, D, K, S0, S1, lo, hi, bounded, fl, tail, r0, valid, &s);
-        for (int k = 0; k < K; k++) { /* bk = sc * a0 (in place) */
-            V sc = vload(s.sc + k * W);
-            for (int y = 0; y < S0; y++) {
-                float *q = s.a0 + ((size_t)k * S0 + y) * W;
-                vstore(q, vmul(vload(q), sc));
-            }
-        }
-        /* acc[y][x] = sum_k bk[k][y] a1[k][x] */
-        gemm(s.acc, S1, 1, s.a0, 1, S0, s.a1, S1, 1, S0, S1, K);
+        /* acc[y][x] = sum_k sc[k] a0[k][y] a1[k][x] */
+        gemm(s.acc, S1, 1, s.a0, 1, S0, s.a1, S1, 1, S0, S1, K, s.sc);
         rows_out(s.acc, m, out + r0 * m, valid, s.stage);
     }
     _mm_sfence();
@@ -405,9 +406,9 @@ static void tap_grads(int d, int K, int S0, int S1, Scratch *s) {
     const float *zo = d == 0 ? s->z1 : s->z0;
     for (int k = 0; k < K; k++) {
         size_t q = d * n + (size_t)k * W;
-        V pos = vload(s->pl + q), sd = vload(s->sl + q), ch = vload(s->chain + q);
-        V sc = vload(s->sc + k * W), gsc = vload(s->gsc + k * W), den = vload(s->den + k * W);
-        V shift = vdiv(vmul(vmul(vsub(vzero(), gsc), sc), vload(zo + k * W)), den); /* the normaliser's share */
+        V pos = vload(s->pl + q), inv = vload(s->inv + q), ch = vload(s->chain + q);
+        V sc = vload(s->sc + k * W), gsc = vload(s->gsc + k * W), iden = vload(s->iden + k * W);
+        V shift = vmul(vmul(vmul(vsub(vzero(), gsc), sc), vload(zo + k * W)), iden); /* the normaliser's share */
         V m1 = vzero(), m2 = vzero();
         V u = vsub(vset1(c0), pos);
         for (int j = 0; j < size; j++) {
@@ -417,11 +418,75 @@ static void tap_grads(int d, int K, int S0, int S1, Scratch *s) {
             m2 = vfma(t, u, m2);
             u = vadd(u, vset1(1.0f));
         }
-        V inv2 = vdiv(vset1(1.0f), vmul(sd, sd));
+        V inv2 = vmul(inv, inv);
         vstore(s->res + q, vmul(m1, inv2));
-        vstore(s->res + 2 * n + q, vdiv(vmul(vmul(m2, inv2), ch), sd));
+        vstore(s->res + 2 * n + q, vmul(vmul(vmul(m2, inv2), ch), inv));
     }
 }
+
+/* The block's weight (wl), position and sigma (res) gradients into their rows. */
+static void write_grads(Scratch *s, long R, int D, int K, long r0, int valid, float *gw, float *gp, float *gs) {
+    size_t n = (size_t)K * W;
+    if (gw) rows_out(s->wl, K, gw + r0 * K, valid, s->stage);
+    for (int d = 0; d < D; d++) {
+        if (gp) rows_out(s->res + d * n, K, gp + d * R * K + r0 * K, valid, s->stage);
+        if (gs) rows_out(s->res + 2 * n + d * n, K, gs + d * R * K + r0 * K, valid, s->stage);
+    }
+}
+
+/* Position and sigma gradients of one axis from its profile a, contraction e and coordinates u_j = c0 + j - pos
+   (register arrays of S vectors), into res (positions) and res + 2n (sigma), as tap_grads. */
+#define AXIS_GRADS(S_, a, e, pos, inv, ch, sc, shift, out_p, out_s)                                              \
+    do {                                                                                                         \
+        V m1 = vzero(), m2 = vzero(), u = vsub(vset1((float)(-((S_) / 2))), (pos));                              \
+        for (int j = 0; j < (S_); j++) {                                                                         \
+            V t = vmul(vmul(vfma((sc), (e)[j], (shift)), (a)[j]), u);                                            \
+            m1 = vadd(m1, t);                                                                                    \
+            m2 = vfma(t, u, m2);                                                                                 \
+            u = vadd(u, vset1(1.0f));                                                                            \
+        }                                                                                                        \
+        V inv2 = vmul((inv), (inv));                                                                             \
+        vstore((out_p), vmul(m1, inv2));                                                                         \
+        vstore((out_s), vmul(vmul(vmul(m2, inv2), (ch)), (inv)));                                               \
+    } while (0)
+
+/* The whole per-tap backward of a square 2-D span S small enough for a tap's two profiles and contractions to stay
+   in registers (4 S vectors): E0[y] = sum_x a1[x] G[y][x] and E1[x] = sum_y a0[y] G[y][x] in one pass over G,
+   dL/dsc, the weight gradient (into wl) and both axes' position and sigma gradients (into res). */
+#define DEF_TAPS_FUSED(S_)                                                                                       \
+    static void taps_fused_##S_(const float *G, int K, Scratch *s) {                                             \
+        size_t n = (size_t)K * W;                                                                                \
+        for (int k = 0; k < K; k++) {                                                                            \
+            V x0[S_], x1[S_], y0[S_], y1[S_];                                                                    \
+            for (int j = 0; j < S_; j++) {                                                                       \
+                x0[j] = vload(s->a0 + ((size_t)k * S_ + j) * W);                                                 \
+                x1[j] = vload(s->a1 + ((size_t)k * S_ + j) * W);                                                 \
+                y0[j] = vzero();                                                                                 \
+                y1[j] = vzero();                                                                                 \
+            }                                                                                                    \
+            for (int y = 0; y < S_; y++)                                                                         \
+                for (int x = 0; x < S_; x++) {                                                                   \
+                    V g = vload(G + ((size_t)y * S_ + x) * W);                                                   \
+                    y0[y] = vfma(g, x1[x], y0[y]);                                                               \
+                    y1[x] = vfma(g, x0[y], y1[x]);                                                               \
+                }                                                                                                \
+            V gsc = vzero();                                                                                     \
+            for (int y = 0; y < S_; y++) gsc = vfma(x0[y], y0[y], gsc);                                          \
+            V sc = vload(s->sc + k * W), iden = vload(s->iden + k * W);                                          \
+            vstore(s->wl + k * W, vmul(gsc, iden));                                                              \
+            V base = vmul(vmul(vsub(vzero(), gsc), sc), iden); /* the normaliser's share, times Z of the other */ \
+            size_t q0 = (size_t)k * W, q1 = n + (size_t)k * W;                                                   \
+            AXIS_GRADS(S_, x0, y0, vload(s->pl + q0), vload(s->inv + q0), vload(s->chain + q0), sc,              \
+                       vmul(base, vload(s->z1 + k * W)), s->res + q0, s->res + 2 * n + q0);                      \
+            AXIS_GRADS(S_, x1, y1, vload(s->pl + q1), vload(s->inv + q1), vload(s->chain + q1), sc,              \
+                       vmul(base, vload(s->z0 + k * W)), s->res + q1, s->res + 2 * n + q1);                      \
+        }                                                                                                        \
+    }
+DEF_TAPS_FUSED(3)
+DEF_TAPS_FUSED(5)
+#if W == 16
+DEF_TAPS_FUSED(7) /* 28 vectors: AVX-512 has 32 registers, AVX2 16 */
+#endif
 
 /* Gradients for the upstream rows g[R, S0*S1], blocks [b0, b1): gw [R, K], gp and gs [D, R, K] (NULL where not
    wanted). Returns 0 if scratch could not be allocated. */
@@ -431,16 +496,23 @@ int dclszoo_construct_backward(const float *w, const float *p, const float *sg, 
     Scratch s;
     if (!scratch_init(&s, D, K, S0, S1)) return 0;
     int m = S0 * S1;
-    size_t n = (size_t)K * W;
     for (long b = b0; b < b1; b++) {
         long r0 = b * W;
         int valid = R - r0 < W ? (int)(R - r0) : W;
         block_params(w, p, sg, R, D, K, S0, S1, lo, hi, bounded, fl, tail, r0, valid, &s);
         rows_in(g + r0 * m, valid, m, (R - r0) * m, s.acc, s.pad); /* the upstream gradient, lane-major [y][x] */
-        if (D == 2) {
+        if (D == 2 && S0 == S1 && (S0 == 3 || S0 == 5 || (W == 16 && S0 == 7))) {
+            if (S0 == 3) taps_fused_3(s.acc, K, &s);
+            else if (S0 == 5) taps_fused_5(s.acc, K, &s);
+#if W == 16
+            else taps_fused_7(s.acc, K, &s);
+#endif
+            write_grads(&s, R, D, K, r0, valid, gw, gp, gs);
+            continue;
+        } else if (D == 2) {
             /* E0[k][y] = sum_x a1[k][x] G[y][x];  E1[k][x] = sum_y a0[k][y] G[y][x] */
-            gemm(s.e0, S0, 1, s.a1, S1, 1, s.acc, 1, S1, K, S0, S1);
-            gemm(s.e1, S1, 1, s.a0, S0, 1, s.acc, S1, 1, K, S1, S0);
+            gemm(s.e0, S0, 1, s.a1, S1, 1, s.acc, 1, S1, K, S0, S1, NULL);
+            gemm(s.e1, S1, 1, s.a0, S0, 1, s.acc, S1, 1, K, S1, S0, NULL);
         } else {
             for (int k = 0; k < K; k++) memcpy(s.e0 + (size_t)k * S0 * W, s.acc, sizeof(float) * S0 * W);
         }
@@ -452,14 +524,8 @@ int dclszoo_construct_backward(const float *w, const float *p, const float *sg, 
         }
         if (gp || gs)
             for (int d = 0; d < D; d++) tap_grads(d, K, S0, S1, &s);
-        if (gw) {
-            for (int k = 0; k < K; k++) vstore(s.wl + k * W, vdiv(vload(s.gsc + k * W), vload(s.den + k * W)));
-            rows_out(s.wl, K, gw + r0 * K, valid, s.stage);
-        }
-        for (int d = 0; d < D; d++) {
-            if (gp) rows_out(s.res + d * n, K, gp + d * R * K + r0 * K, valid, s.stage);
-            if (gs) rows_out(s.res + 2 * n + d * n, K, gs + d * R * K + r0 * K, valid, s.stage);
-        }
+        for (int k = 0; k < K; k++) vstore(s.wl + k * W, vmul(vload(s.gsc + k * W), vload(s.iden + k * W)));
+        write_grads(&s, R, D, K, r0, valid, gw, gp, gs);
     }
     _mm_sfence();
     free(s.mem);
