@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import random
 import statistics
 import time
 from dataclasses import dataclass
 from typing import Callable
+from unittest import mock
 
 import torch
 import torch.nn as nn
@@ -70,6 +72,26 @@ def build(case: Case, seed: int = 0):
     finally:
         logging.disable(logging.NOTSET)
     return dense, ours, theirs
+
+
+def backend_of(module: nn.Module) -> str:
+    """The construction backend the module's kernel takes here (``c`` with its variant, ``numba`` or ``torch``)."""
+    from dclszoo.kernels import _construct_c, construct
+
+    sigma = module.sigma.detach() if module.sigma is not None else None
+    backend = construct.select_backend(module.weight.detach(), module.positions.detach(), sigma, module.span)
+    return f"c ({_construct_c.runnable_variants()[0][len('_construct_'):]})" if backend == "c" else backend
+
+
+def with_backend(backend: str, fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` run with ``$DCLSZOO_CONSTRUCT_BACKEND=backend`` (restored afterwards)."""
+    from dclszoo.kernels.construct import ENV_BACKEND
+
+    def run():
+        with mock.patch.dict(os.environ, {ENV_BACKEND: backend}):
+            return fn()
+
+    return run
 
 
 def _minor_faults() -> int:

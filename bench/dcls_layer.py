@@ -7,8 +7,10 @@ rounds interleaving ours and the dense conv in a random order each round; ``dcls
 (its gigabytes of fresh buffers per call would slow whatever ran after it). Target (issue 2): ours / dense-span
 <= 1.05 in every row.
 
-Backend: on CPU in float32 the construction runs in the fused numba kernels (``dclszoo.kernels.construct``; the
-warm-up call loads or compiles them); ``DCLSZOO_CONSTRUCT_BACKEND=torch`` measures the pure-torch twin instead.
+Backend: on CPU in float32 the construction runs in the fused kernels chosen by ``dclszoo.kernels.construct``
+(the C kernels where they are built, for these Gaussian rows; the warm-up call loads them or compiles numba's);
+the column "dclszoo (numba)" is the same module with ``DCLSZOO_CONSTRUCT_BACKEND=numba``, timed in the same
+rounds. ``DCLSZOO_CONSTRUCT_BACKEND=torch`` measures the pure-torch twin instead.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _cases import build, paired_then_reference, print_fault_table, row_parser, selected_rows  # noqa: E402
+from _cases import (  # noqa: E402
+    backend_of, build, paired_then_reference, print_fault_table, row_parser, selected_rows, with_backend,
+)
 
 
 def _fwd_bwd(module: torch.nn.Module, x: torch.Tensor, gy: torch.Tensor):
@@ -40,24 +44,28 @@ def main() -> None:
         f"({args.clock} clock), load average before: {os.getloadavg()[0]:.1f}"
     )
     print()
-    print("| case | dense conv of span | dclszoo | dcls 0.1.1 | dclszoo / dense | dcls / dense | dcls / dclszoo |")
-    print("|---|---|---|---|---|---|---|")
+    print("| case | construction | dense conv of span | dclszoo | dclszoo (numba) | dcls 0.1.1 | dclszoo / dense | "
+          "dclszoo (numba) / dense | dcls / dense | dcls / dclszoo |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     fault_rows = []
     for case in rows:
         dense, ours, theirs = build(case)
         x = torch.randn(case.input_shape, requires_grad=True)
         gy = torch.randn_like(dense(x).detach())
         fns = {name: _fwd_bwd(m, x, gy) for name, m in (("dense", dense), ("ours", ours), ("dcls", theirs))}
+        fns["numba"] = with_backend("numba", fns["ours"])
         faults: dict[str, float] = {}
-        reps = {"dense": 3 * case.repeats, "ours": 3 * case.repeats, "dcls": case.repeats}
+        reps = {"dense": 3 * case.repeats, "ours": 3 * case.repeats, "numba": 3 * case.repeats, "dcls": case.repeats}
         t = paired_then_reference(fns, reps, "dcls", args.clock, faults)
         fault_rows.append((case.name, faults))
         print(
-            f"| {case.name} | {t['dense']:.4f} | {t['ours']:.4f} | {t['dcls']:.4f} | "
-            f"{t['ours'] / t['dense']:.3f}x | {t['dcls'] / t['dense']:.2f}x | {t['dcls'] / t['ours']:.2f}x |",
+            f"| {case.name} | {backend_of(ours)} | {t['dense']:.4f} | {t['ours']:.4f} | {t['numba']:.4f} | "
+            f"{t['dcls']:.4f} | {t['ours'] / t['dense']:.3f}x | {t['numba'] / t['dense']:.3f}x | "
+            f"{t['dcls'] / t['dense']:.2f}x | {t['dcls'] / t['ours']:.2f}x |",
             flush=True,
         )
-    print_fault_table(fault_rows, {"dense conv of span": "dense", "dclszoo": "ours", "dcls 0.1.1": "dcls"})
+    print_fault_table(fault_rows, {"dense conv of span": "dense", "dclszoo": "ours", "dclszoo (numba)": "numba",
+                                   "dcls 0.1.1": "dcls"})
 
 
 if __name__ == "__main__":

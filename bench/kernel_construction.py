@@ -6,8 +6,10 @@ straight-through position clamp and ``|sigma|`` floor fused in: ``position_bound
 ``DclsConvNd.kernel()`` (the module's own call, whatever it does around the op), and ``dcls`` 0.1.1's construction ``layer.DCK(weight,
 P, SIG)``. The dense conv of the span has nothing to build: its forward+backward time is given as the yardstick.
 
-Backend: on CPU in float32 the construction runs in the fused numba kernels (``dclszoo.kernels.construct``; the
-warm-up call loads or compiles them); ``DCLSZOO_CONSTRUCT_BACKEND=torch`` measures the pure-torch twin instead.
+Backend: on CPU in float32 the construction runs in the fused kernels chosen by ``dclszoo.kernels.construct``
+(the C kernels where they are built, for these Gaussian rows; the warm-up call loads them or compiles numba's); the
+column "op (numba)" is the same op with ``DCLSZOO_CONSTRUCT_BACKEND=numba``, timed in the same rounds.
+``DCLSZOO_CONSTRUCT_BACKEND=torch`` measures the pure-torch twin instead.
 
 Protocol: parameter gradients are ``None`` before each call; ``k = build(); k.backward(g)`` with ``g`` allocated
 beforehand. Timings: medians over rounds interleaving the op, ``kernel()`` and the dense conv in a random order
@@ -28,7 +30,9 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _cases import build, paired_then_reference, print_fault_table, row_parser, selected_rows  # noqa: E402
+from _cases import (  # noqa: E402
+    backend_of, build, paired_then_reference, print_fault_table, row_parser, selected_rows, with_backend,
+)
 from _memory import peak_extra_bytes, self_check  # noqa: E402
 
 from dclszoo.functional import dcls_kernel, empty_cache  # noqa: E402
@@ -71,7 +75,7 @@ def _builders(case, dense, ours, theirs):
         zero()
         dense(x).backward(gy)
 
-    return {"op": op, "module": module, "dcls": reference, "dense": dense_conv}
+    return {"op": op, "numba": with_backend("numba", op), "module": module, "dcls": reference, "dense": dense_conv}
 
 
 def _pool_keeps(fn) -> int:
@@ -94,29 +98,30 @@ def main() -> None:
     )
     print()
     print(
-        "| case | dense kernel | dclszoo op | module.kernel() | dcls 0.1.1 | dcls / op | op / dense conv | "
-        "dcls / dense conv | dense conv fwd+bwd | peak extra: op | module.kernel() | dcls | pool keeps |"
+        "| case | construction | dense kernel | dclszoo op | op (numba) | module.kernel() | dcls 0.1.1 | dcls / op | "
+        "op / dense conv | dcls / dense conv | dense conv fwd+bwd | peak extra: op | op (numba) | module.kernel() | "
+        "dcls | pool keeps |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     breakdown, fault_rows = [], []
     for case in rows:
         dense, ours, theirs = build(case)
         fns = _builders(case, dense, ours, theirs)
         slow = case.repeats
         faults: dict[str, float] = {}
-        reps = {"op": 3 * slow, "module": 3 * slow, "dcls": slow, "dense": slow}
+        reps = {"op": 3 * slow, "numba": 3 * slow, "module": 3 * slow, "dcls": slow, "dense": slow}
         t = paired_then_reference(fns, reps, "dcls", args.clock, faults)
         fault_rows.append((case.name, faults))
         kernel_bytes = 4 * case.kernel_numel
-        mem = {name: peak_extra_bytes(fns[name]) / kernel_bytes for name in ("op", "module", "dcls")}
+        mem = {name: peak_extra_bytes(fns[name]) / kernel_bytes for name in ("op", "numba", "module", "dcls")}
         kept = _pool_keeps(fns["op"]) / kernel_bytes
         grads = sum(p.numel() for p in (ours.weight, ours.positions, ours.sigma)) * 4 / kernel_bytes
         breakdown.append((case.name, mem["op"], grads))
         print(
-            f"| {case.name} | {kernel_bytes / 2**20:.2f} MiB | {t['op']:.4f} | {t['module']:.4f} | "
-            f"{t['dcls']:.4f} | {t['dcls'] / t['op']:.0f}x | {t['op'] / t['dense']:.3f} | "
-            f"{t['dcls'] / t['dense']:.3f} | {t['dense']:.4f} | {mem['op']:.2f}x | {mem['module']:.2f}x | "
-            f"{mem['dcls']:.1f}x | {kept:.2f}x |",
+            f"| {case.name} | {backend_of(ours)} | {kernel_bytes / 2**20:.2f} MiB | {t['op']:.4f} | {t['numba']:.4f} | "
+            f"{t['module']:.4f} | {t['dcls']:.4f} | {t['dcls'] / t['op']:.0f}x | {t['op'] / t['dense']:.3f} | "
+            f"{t['dcls'] / t['dense']:.3f} | {t['dense']:.4f} | {mem['op']:.2f}x | {mem['numba']:.2f}x | "
+            f"{mem['module']:.2f}x | {mem['dcls']:.1f}x | {kept:.2f}x |",
             flush=True,
         )
     print()
@@ -127,7 +132,8 @@ def main() -> None:
     for name, total, grads in breakdown:
         print(f"| {name} | {total:.2f}x | 1.00x | {grads:.2f}x | {total - 1 - grads:.2f}x |")
     print_fault_table(
-        fault_rows, {"dclszoo op": "op", "module.kernel()": "module", "dcls 0.1.1": "dcls", "dense conv fwd+bwd": "dense"}
+        fault_rows, {"dclszoo op": "op", "op (numba)": "numba", "module.kernel()": "module", "dcls 0.1.1": "dcls",
+                     "dense conv fwd+bwd": "dense"}
     )
 
 

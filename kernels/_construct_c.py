@@ -13,6 +13,7 @@ of their full shapes (the numba kernels take everything else).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import importlib.util
@@ -20,7 +21,7 @@ import os
 
 import numpy as np
 
-__all__ = ["available", "lanes", "forward", "backward"]
+__all__ = ["available", "lanes", "runnable_variants", "variant", "forward", "backward"]
 
 # extension module -> CPU features it needs (names as in /proc/cpuinfo)
 _VARIANTS = (
@@ -48,24 +49,35 @@ def _cpu_features() -> frozenset[str]:
         return frozenset()
 
 
-def _load():
-    """``(ctypes library, lanes)`` of the best variant built and runnable here, or None."""
-    features = _cpu_features()
+def runnable_variants() -> list[str]:
+    """The built variants this CPU can run, best first (``_construct_avx512``, ``_construct_avx2``)."""
+    features, found = _cpu_features(), []
     for name, needs in _VARIANTS:
         if not set(needs) <= features:
             continue
         spec = importlib.util.find_spec(f"{__package__}.{name}")
-        if spec is None or not spec.origin or not os.path.exists(spec.origin):
-            continue  # not built (no compiler at install time, or a platform without these instructions)
-        lib = ctypes.CDLL(spec.origin)
-        lib.dclszoo_construct_forward.argtypes = [_VP] * 3 + [_L] + [_I] * 4 + [_VP] * 2 + [_I, _F, _F, _VP, _L, _L]
-        lib.dclszoo_construct_forward.restype = _I
-        lib.dclszoo_construct_backward.argtypes = ([_VP] * 4 + [_L] + [_I] * 4 + [_VP] * 2 + [_I, _F, _F] + [_VP] * 3
-                                                   + [_L, _L])
-        lib.dclszoo_construct_backward.restype = _I
-        lib.dclszoo_lanes.restype = _I
-        return lib, int(lib.dclszoo_lanes())
-    return None
+        if spec is not None and spec.origin and os.path.exists(spec.origin):
+            found.append(name)  # else not built (no compiler at install time, or not an x86-64 platform)
+    return found
+
+
+def _load(name: str | None = None):
+    """``(ctypes library, lanes, name)`` of variant ``name`` (default: the best runnable one), or None."""
+    names = runnable_variants()
+    if name is None:
+        if not names:
+            return None
+        name = names[0]
+    elif name not in names:
+        return None
+    lib = ctypes.CDLL(importlib.util.find_spec(f"{__package__}.{name}").origin)
+    lib.dclszoo_construct_forward.argtypes = [_VP] * 3 + [_L] + [_I] * 4 + [_VP] * 2 + [_I, _F, _F, _VP, _L, _L]
+    lib.dclszoo_construct_forward.restype = _I
+    lib.dclszoo_construct_backward.argtypes = ([_VP] * 4 + [_L] + [_I] * 4 + [_VP] * 2 + [_I, _F, _F] + [_VP] * 3
+                                               + [_L, _L])
+    lib.dclszoo_construct_backward.restype = _I
+    lib.dclszoo_lanes.restype = _I
+    return lib, int(lib.dclszoo_lanes()), name
 
 
 _LOADED = _load()  # at import: a dlopen of a small library (no numba); torch.compile then only reads a global
@@ -73,6 +85,22 @@ _LOADED = _load()  # at import: a dlopen of a small library (no numba); torch.co
 
 def _library():
     return _LOADED
+
+
+@contextlib.contextmanager
+def variant(name: str):
+    """Use variant ``name`` (one of :func:`runnable_variants`) inside the block: how the tests check every variant
+    this CPU runs, not only the best one."""
+    global _LOADED
+    loaded = _load(name)
+    if loaded is None:
+        raise ValueError(f"C kernel variant {name!r} is not built or not runnable here; runnable: "
+                         f"{runnable_variants()}.")
+    saved, _LOADED = _LOADED, loaded
+    try:
+        yield
+    finally:
+        _LOADED = saved
 
 
 def available() -> bool:
@@ -85,15 +113,20 @@ def lanes() -> int:
     return _library()[1]
 
 
-@functools.lru_cache(maxsize=1)
 def _parallel():
-    """numba ``prange`` drivers of the two kernels (compiled at first use; they hold the C functions' addresses,
-    so they are not cached on disk), or None without numba."""
+    """numba ``prange`` drivers of the loaded variant's two kernels, or None without numba."""
+    return _drivers(_library()[2])
+
+
+@functools.lru_cache(maxsize=None)
+def _drivers(name: str):
+    """The ``prange`` drivers of variant ``name`` (compiled at first use, a second or two: they hold the C functions'
+    addresses, so they cannot be cached on disk)."""
     try:
         from numba import njit, prange
     except ImportError:
         return None
-    lib = _library()[0]
+    lib = _load(name)[0]
     c_forward, c_backward = lib.dclszoo_construct_forward, lib.dclszoo_construct_backward
 
     @njit(parallel=True, nogil=True)

@@ -9,6 +9,7 @@ kernels and, where they take it (Gaussian, sigma of the full shape), on the C ke
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 
@@ -18,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dclszoo.functional import dcls_kernel
-from dclszoo.kernels import construct
+from dclszoo.kernels import _construct_c, construct
 from dclszoo.reference import dcls_kernel_reference
 
 pytestmark = pytest.mark.skipif(not construct.numba_available(), reason="numba is not installed")
@@ -84,9 +85,10 @@ def _close(actual, expected, what, rtol=2e-4, atol=2e-5):
 
 
 def _fast_backends(s, interpolation, positions):
-    """The fused backends that take these tensors: numba always, C where it is built and the case is its own."""
+    """The fused backends that take these tensors: numba always, and each C variant this CPU runs where the case is
+    the C kernels' own (Gaussian, sigma of the full shape)."""
     c_case = interpolation == "gauss" and tuple(s.shape) == tuple(positions.shape) and len(positions) <= 2
-    return ["numba"] + (["c"] if c_case and construct.c_available() else [])
+    return [("numba", None)] + ([("c", v) for v in _construct_c.runnable_variants()] if c_case else [])
 
 
 def _check(w, p, s, span, interpolation, seed=1, bounds=None, sigma_floor=None, monkeypatch=None):
@@ -97,14 +99,16 @@ def _check(w, p, s, span, interpolation, seed=1, bounds=None, sigma_floor=None, 
                             interpolation, g)
     names = ("weight", "positions", "sigma") if interpolation == "gauss" else ("weight", "positions")
     fused = {"position_bounds": bounds, "sigma_floor": sigma_floor}
-    for backend in _fast_backends(s, interpolation, p):
+    for backend, variant in _fast_backends(s, interpolation, p):
         monkeypatch.setenv(construct.ENV_BACKEND, backend)  # raises rather than falling back
-        k, grads = _run(dcls_kernel, w.float(), p.float(), s.float(), span, interpolation, g, **fused)
+        with _construct_c.variant(variant) if variant else contextlib.nullcontext():
+            k, grads = _run(dcls_kernel, w.float(), p.float(), s.float(), span, interpolation, g, **fused)
+        what = variant or backend
         assert k.dtype == torch.float32
-        _close(k, k_ref, f"kernel ({backend})")
+        _close(k, k_ref, f"kernel ({what})")
         for name, got, want in zip(names, grads, grads_ref):
-            assert got is not None, f"no gradient for {name} ({backend})"
-            _close(got, want, f"grad {name} ({backend})")
+            assert got is not None, f"no gradient for {name} ({what})"
+            _close(got, want, f"grad {name} ({what})")
 
 
 # ------------------------------------------------------------------------------------------ fixed cases
@@ -218,6 +222,39 @@ def test_automatic_choice():
     assert construct.select_backend(f64, torch.zeros(2, 2, 3, 1, dtype=torch.float64), None, (3, 3)) == "torch"
     assert construct.select_backend(f32, torch.zeros(3, 2, 3, 1), None, (3, 3, 3)) == "torch"
     assert construct.select_backend(f32.half(), torch.zeros(1, 2, 3, 1).half(), None, (3,)) == "torch"
+
+
+def test_c_kernels_chosen_where_they_fit(monkeypatch):
+    """Gaussian, full-shape float32 parameters go to the C kernels where they are built; the rest stays on numba."""
+    monkeypatch.delenv(construct.ENV_BACKEND, raising=False)
+    w, p, s = torch.zeros(2, 3, 4), torch.zeros(2, 2, 3, 4), torch.ones(2, 2, 3, 4)
+    assert construct.select_backend(w, p, s, (5, 5)) == ("c" if construct.c_available() else "numba")
+    assert construct.select_backend(w, p, torch.ones(()), (5, 5)) == "numba"  # broadcast sigma
+    assert construct.select_backend(w, p, None, (5, 5)) == "numba"  # bilinear
+    monkeypatch.setenv(construct.ENV_BACKEND, "c")
+    if construct.c_available():
+        with pytest.raises(ValueError, match="bilinear"):
+            construct.select_backend(w, p, None, (5, 5))
+        with pytest.raises(ValueError, match="full shape"):
+            construct.select_backend(w, p, torch.ones(()), (5, 5))
+    monkeypatch.setattr(_construct_c, "_LOADED", None)  # as on a machine where they could not be built
+    with pytest.raises(ImportError, match="not built"):
+        construct.select_backend(w, p, s, (5, 5))
+    monkeypatch.delenv(construct.ENV_BACKEND)
+    assert construct.select_backend(w, p, s, (5, 5)) == "numba"
+
+
+@pytest.mark.skipif(not construct.c_available(), reason="the C kernels are not built for this CPU")
+@pytest.mark.parametrize("span", [(7, 7), (9,)])
+def test_c_kernels_on_one_thread(span, monkeypatch):
+    """With one thread the C kernels are called directly (no numba driver): same values."""
+    w, p, s = _taps(37, 3, 5, span, seed=12)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _check(w, p, s, span, "gauss", bounds=_bounds(span), sigma_floor=1e-3, monkeypatch=monkeypatch)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_explicit_choice_and_errors(monkeypatch):
