@@ -374,8 +374,15 @@ int dclszoo_construct_forward(const float *w, const float *p, const float *sg, l
         long r0 = b * W;
         int valid = R - r0 < W ? (int)(R - r0) : W;
         block_params(w, p, sg, R, D, K, S0, S1, lo, hi, bounded, fl, tail, r0, valid, &s);
-        /* acc[y][x] = sum_k sc[k] a0[k][y] a1[k][x] */
-        gemm(s.acc, S1, 1, s.a0, 1, S0, s.a1, S1, 1, S0, S1, K, s.sc);
+        if (D == 1) { /* acc[y] = sum_k sc[k] a0[k][y] */
+            for (int y = 0; y < S0; y++) {
+                V v = vzero();
+                for (int k = 0; k < K; k++) v = vfma(vload(s.sc + k * W), vload(s.a0 + ((size_t)k * S0 + y) * W), v);
+                vstore(s.acc + (size_t)y * W, v);
+            }
+        } else { /* acc[y][x] = sum_k sc[k] a0[k][y] a1[k][x] */
+            gemm(s.acc, S1, 1, s.a0, 1, S0, s.a1, S1, 1, S0, S1, K, s.sc);
+        }
         rows_out(s.acc, m, out + r0 * m, valid, s.stage);
     }
     _mm_sfence();
@@ -383,12 +390,13 @@ int dclszoo_construct_forward(const float *w, const float *p, const float *sg, l
     return 1;
 }
 
-/* Position and sigma gradients of axis d for all taps, into res[0 | 2][d][k] (positions | sigma). */
-static void tap_grads(int d, int K, int S0, int S1, Scratch *s) {
+/* Position and sigma gradients of axis d for all taps, into res[0 | 2][d][k] (positions | sigma); e[k*e_tap + j] is
+   the upstream gradient contracted with the other axis' profile (in 1-D the gradient itself: e_tap = 0). */
+static void tap_grads(int d, int K, int S0, int S1, const float *e, size_t e_tap, Scratch *s) {
     size_t n = (size_t)K * W;
     int size = d == 0 ? S0 : S1;
     float c0 = (float)(-(size / 2));
-    const float *a = d == 0 ? s->a0 : s->a1, *e = d == 0 ? s->e0 : s->e1;
+    const float *a = d == 0 ? s->a0 : s->a1;
     const float *zo = d == 0 ? s->z1 : s->z0;
     for (int k = 0; k < K; k++) {
         size_t q = d * n + (size_t)k * W;
@@ -398,7 +406,7 @@ static void tap_grads(int d, int K, int S0, int S1, Scratch *s) {
         V m1 = vzero(), m2 = vzero();
         V u = vsub(vset1(c0), pos);
         for (int j = 0; j < size; j++) {
-            V t = vmul(vmul(vfma(sc, vload(e + ((size_t)k * size + j) * W), shift),
+            V t = vmul(vmul(vfma(sc, vload(e + ((size_t)k * e_tap + j) * W), shift),
                             vload(a + ((size_t)k * size + j) * W)), u);
             m1 = vadd(m1, t);
             m2 = vfma(t, u, m2);
@@ -499,17 +507,19 @@ int dclszoo_construct_backward(const float *w, const float *p, const float *sg, 
             /* E0[k][y] = sum_x a1[k][x] G[y][x];  E1[k][x] = sum_y a0[k][y] G[y][x] */
             gemm(s.e0, S0, 1, s.a1, S1, 1, s.acc, 1, S1, K, S0, S1, NULL);
             gemm(s.e1, S1, 1, s.a0, S0, 1, s.acc, S1, 1, K, S1, S0, NULL);
-        } else {
-            for (int k = 0; k < K; k++) memcpy(s.e0 + (size_t)k * S0 * W, s.acc, sizeof(float) * S0 * W);
         }
+        const float *e0 = D == 2 ? s.e0 : s.acc; /* 1-D: every tap sees the gradient itself */
+        size_t e0_tap = D == 2 ? (size_t)S0 : 0;
         for (int k = 0; k < K; k++) { /* dL/dsc[k] = sum_y a0[k][y] E0[k][y] */
             V acc = vzero();
             for (int y = 0; y < S0; y++)
-                acc = vfma(vload(s.a0 + ((size_t)k * S0 + y) * W), vload(s.e0 + ((size_t)k * S0 + y) * W), acc);
+                acc = vfma(vload(s.a0 + ((size_t)k * S0 + y) * W), vload(e0 + ((size_t)k * e0_tap + y) * W), acc);
             vstore(s.gsc + k * W, acc);
         }
-        if (gp || gs)
-            for (int d = 0; d < D; d++) tap_grads(d, K, S0, S1, &s);
+        if (gp || gs) {
+            tap_grads(0, K, S0, S1, e0, e0_tap, &s);
+            if (D == 2) tap_grads(1, K, S0, S1, s.e1, (size_t)S1, &s);
+        }
         for (int k = 0; k < K; k++) vstore(s.wl + k * W, vmul(vload(s.gsc + k * W), vload(s.iden + k * W)));
         write_grads(&s, R, D, K, r0, valid, gw, gp, gs);
     }

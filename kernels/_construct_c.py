@@ -1,8 +1,8 @@
 """The C kernels of the DCLS kernel construction (private; used by :mod:`dclszoo.kernels.construct`).
 
-``_construct_c.c`` is compiled at install time into two optional extension modules, ``_construct_avx512``
-(16 lanes) and ``_construct_avx2`` (8 lanes); the one this CPU can run is loaded with :mod:`ctypes` (the extension
-modules export plain C functions). The kernels take a range of row blocks, so the rows are split over numba's
+``_construct_c.h`` is compiled at install time into two optional extension modules, ``_construct_avx512``
+(16 lanes) and ``_construct_avx2`` (8 lanes, from ``_construct_avx512.c`` and ``_construct_avx2.c``); the best one
+this CPU can run is loaded with :mod:`ctypes` (the extension modules export plain C functions). The kernels take a range of row blocks, so the rows are split over numba's
 thread pool (``prange``), which also runs the numba kernels: threads of a pool of our own would compete with the
 OpenMP workers of torch and numba, which keep spinning for milliseconds after each parallel region. Without numba
 the kernels run on the calling thread.
