@@ -10,8 +10,8 @@ Backends of the construction:
 
 - ``"c"``: C kernels (:mod:`dclszoo.kernels._construct_c`, AVX-512 or AVX2 builds compiled at install time);
   Gaussian interpolation, 1-D/2-D spans, float32 CPU tensors with weight, positions and sigma of their full
-  shapes; chosen automatically where they are built and the CPU runs them (rows split over numba's threads when
-  numba is installed).
+  shapes; chosen automatically where the AVX-512 build runs (rows split over numba's threads when numba is
+  installed), and where only the AVX2 one does, when numba is not installed.
 - ``"numba"``: the numba kernels (:mod:`dclszoo.kernels._construct_numba`); 1-D/2-D spans, float32 CPU tensors,
   both interpolations, any sigma shape; chosen automatically for the rest when numba is installed
   (``pip install dclszoo[snn]`` or ``numba``).
@@ -109,9 +109,13 @@ def select_backend(weight, positions, sigma, span, backend: str | None = None) -
     """
     requested = backend if backend is not None else os.environ.get(ENV_BACKEND, "").strip().lower() or None
     if requested is None or requested == "auto":
-        if _c_fits(weight, positions, sigma, span) is None and c_available():
+        numba_ok = _numba_fits(weight, positions, sigma, span) is None and numba_available()
+        # the AVX2 build is no faster than numba's AVX2 code (row 4 of bench/: 10.4 vs 9.1 ms fwd+bwd): there the C
+        # kernels are only the choice without numba
+        if _c_fits(weight, positions, sigma, span) is None and c_available() and (
+                _construct_c.lanes() == 16 or not numba_ok):
             return "c"
-        return "numba" if _numba_fits(weight, positions, sigma, span) is None and numba_available() else "torch"
+        return "numba" if numba_ok else "torch"
     if requested not in BACKENDS:
         raise ValueError(
             f"construction backend={requested!r} (argument or ${ENV_BACKEND}) is not one of {BACKENDS} or 'auto'."

@@ -228,7 +228,8 @@ def test_c_kernels_chosen_where_they_fit(monkeypatch):
     """Gaussian, full-shape float32 parameters go to the C kernels where they are built; the rest stays on numba."""
     monkeypatch.delenv(construct.ENV_BACKEND, raising=False)
     w, p, s = torch.zeros(2, 3, 4), torch.zeros(2, 2, 3, 4), torch.ones(2, 2, 3, 4)
-    assert construct.select_backend(w, p, s, (5, 5)) == ("c" if construct.c_available() else "numba")
+    best_c = construct.c_available() and _construct_c.lanes() == 16  # the AVX2 build only stands in for numba
+    assert construct.select_backend(w, p, s, (5, 5)) == ("c" if best_c else "numba")
     assert construct.select_backend(w, p, torch.ones(()), (5, 5)) == "numba"  # broadcast sigma
     assert construct.select_backend(w, p, None, (5, 5)) == "numba"  # bilinear
     monkeypatch.setenv(construct.ENV_BACKEND, "c")
@@ -237,6 +238,14 @@ def test_c_kernels_chosen_where_they_fit(monkeypatch):
             construct.select_backend(w, p, None, (5, 5))
         with pytest.raises(ValueError, match="full shape"):
             construct.select_backend(w, p, torch.ones(()), (5, 5))
+    monkeypatch.delenv(construct.ENV_BACKEND)
+    if "_construct_avx2" in _construct_c.runnable_variants():
+        with _construct_c.variant("_construct_avx2"):  # an AVX2-only CPU: numba's kernels, C only without numba
+            assert construct.select_backend(w, p, s, (5, 5)) == "numba"
+            with monkeypatch.context() as m:
+                m.setattr(construct, "_NUMBA_INSTALLED", False)
+                assert construct.select_backend(w, p, s, (5, 5)) == "c"
+    monkeypatch.setenv(construct.ENV_BACKEND, "c")
     monkeypatch.setattr(_construct_c, "_LOADED", None)  # as on a machine where they could not be built
     with pytest.raises(ImportError, match="not built"):
         construct.select_backend(w, p, s, (5, 5))
