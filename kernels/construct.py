@@ -123,8 +123,9 @@ def select_backend(weight, positions, sigma, span, backend: str | None = None) -
     if requested == "c":
         if not c_available():
             raise ImportError(
-                "the 'c' construction backend was requested but its kernels are not built for this CPU (an x86-64 "
-                "CPU with AVX2 and a C compiler at install time: pip install --force-reinstall --no-deps dclszoo); "
+                "the 'c' construction backend was requested but its kernels are not built for this CPU (they need "
+                "an x86-64 CPU with AVX2 and are compiled at install time when a C compiler is found: reinstall "
+                "with one, e.g. pip install -e . in the source tree); "
                 f"set {ENV_BACKEND}=numba, torch or auto."
             )
         why = _c_fits(weight, positions, sigma, span)
