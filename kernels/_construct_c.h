@@ -445,7 +445,7 @@ static void write_grads(Scratch *s, long R, int D, int K, long r0, int valid, fl
     } while (0)
 
 /* The whole per-tap backward of a square 2-D span S small enough for a tap's two profiles and contractions to stay
-   in registers (4 S vectors): E0[y] = sum_x a1[x] G[y][x] and E1[x] = sum_y a0[y] G[y][x] in one pass over G,
+   in registers (4 S vectors; AVX-512): E0[y] = sum_x a1[x] G[y][x] and E1[x] = sum_y a0[y] G[y][x] in one pass over G,
    dL/dsc, the weight gradient (into wl) and both axes' position and sigma gradients (into res). */
 #define DEF_TAPS_FUSED(S_)                                                                                       \
     static void taps_fused_##S_(const float *G, int K, Scratch *s) {                                             \
@@ -476,10 +476,47 @@ static void write_grads(Scratch *s, long R, int D, int K, long r0, int valid, fl
                        vmul(base, vload(s->z0 + k * W)), s->res + q1, s->res + 2 * n + q1);                      \
         }                                                                                                        \
     }
+/* The same in two passes over G per tap (E0 with a1, then E1 with a0: 2 S vectors live at a time), for AVX2's 16
+   registers. */
+#define DEF_TAPS_FUSED2(S_)                                                                                      \
+    static void taps_fused_##S_(const float *G, int K, Scratch *s) {                                             \
+        size_t n = (size_t)K * W;                                                                                \
+        for (int k = 0; k < K; k++) {                                                                            \
+            const float *a0 = s->a0 + (size_t)k * S_ * W, *a1 = s->a1 + (size_t)k * S_ * W;                      \
+            V x[S_], y[S_], e0[S_];                                                                              \
+            for (int j = 0; j < S_; j++) {                                                                       \
+                x[j] = vload(a1 + (size_t)j * W);                                                                \
+                y[j] = vzero();                                                                                  \
+            }                                                                                                    \
+            for (int r = 0; r < S_; r++)                                                                         \
+                for (int c = 0; c < S_; c++) y[r] = vfma(vload(G + ((size_t)r * S_ + c) * W), x[c], y[r]);     \
+            for (int j = 0; j < S_; j++) {                                                                       \
+                e0[j] = y[j];                                                                                    \
+                x[j] = vload(a0 + (size_t)j * W);                                                                \
+                y[j] = vzero();                                                                                  \
+            }                                                                                                    \
+            for (int r = 0; r < S_; r++)                                                                         \
+                for (int c = 0; c < S_; c++) y[c] = vfma(vload(G + ((size_t)r * S_ + c) * W), x[r], y[c]);     \
+            V gsc = vzero();                                                                                     \
+            for (int j = 0; j < S_; j++) gsc = vfma(x[j], e0[j], gsc);                                           \
+            V sc = vload(s->sc + k * W), iden = vload(s->iden + k * W);                                          \
+            vstore(s->wl + k * W, vmul(gsc, iden));                                                              \
+            V base = vmul(vmul(vsub(vzero(), gsc), sc), iden);                                                   \
+            size_t q0 = (size_t)k * W, q1 = n + (size_t)k * W;                                                   \
+            AXIS_GRADS(S_, x, e0, vload(s->pl + q0), vload(s->inv + q0), vload(s->chain + q0), sc,               \
+                       vmul(base, vload(s->z1 + k * W)), s->res + q0, s->res + 2 * n + q0);                      \
+            for (int j = 0; j < S_; j++) x[j] = vload(a1 + (size_t)j * W);                                       \
+            AXIS_GRADS(S_, x, y, vload(s->pl + q1), vload(s->inv + q1), vload(s->chain + q1), sc,                \
+                       vmul(base, vload(s->z0 + k * W)), s->res + q1, s->res + 2 * n + q1);                      \
+        }                                                                                                        \
+    }
 DEF_TAPS_FUSED(3)
-DEF_TAPS_FUSED(5)
 #if W == 16
-DEF_TAPS_FUSED(7) /* 28 vectors: AVX-512 has 32 registers, AVX2 16 */
+DEF_TAPS_FUSED(5)
+DEF_TAPS_FUSED(7) /* 28 vectors: AVX-512 has 32 registers */
+#else
+DEF_TAPS_FUSED2(5)
+DEF_TAPS_FUSED2(7)
 #endif
 
 /* Gradients for the upstream rows g[R, S0*S1], blocks [b0, b1): gw [R, K], gp and gs [D, R, K] (NULL where not
@@ -495,12 +532,10 @@ int dclszoo_construct_backward(const float *w, const float *p, const float *sg, 
         int valid = R - r0 < W ? (int)(R - r0) : W;
         block_params(w, p, sg, R, D, K, S0, S1, lo, hi, bounded, fl, tail, r0, valid, &s);
         rows_in(g + r0 * m, valid, m, (R - r0) * m, s.acc, s.pad); /* the upstream gradient, lane-major [y][x] */
-        if (D == 2 && S0 == S1 && (S0 == 3 || S0 == 5 || (W == 16 && S0 == 7))) {
+        if (D == 2 && S0 == S1 && (S0 == 3 || S0 == 5 || S0 == 7)) {
             if (S0 == 3) taps_fused_3(s.acc, K, &s);
             else if (S0 == 5) taps_fused_5(s.acc, K, &s);
-#if W == 16
             else taps_fused_7(s.acc, K, &s);
-#endif
             write_grads(&s, R, D, K, r0, valid, gw, gp, gs);
             continue;
         } else if (D == 2) {

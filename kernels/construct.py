@@ -110,8 +110,8 @@ def select_backend(weight, positions, sigma, span, backend: str | None = None) -
     requested = backend if backend is not None else os.environ.get(ENV_BACKEND, "").strip().lower() or None
     if requested is None or requested == "auto":
         numba_ok = _numba_fits(weight, positions, sigma, span) is None and numba_available()
-        # the AVX2 build is no faster than numba's AVX2 code (row 4 of bench/: 10.4 vs 9.1 ms fwd+bwd): there the C
-        # kernels are only the choice without numba
+        # the AVX2 build is no faster than numba's AVX2 code (row 4 of bench/, fwd+bwd: 8.8-9.0 vs 8.9-9.8 ms,
+        # Zen 3 code on a Zen 4 host): there the C kernels are only the choice without numba
         if _c_fits(weight, positions, sigma, span) is None and c_available() and (
                 _construct_c.lanes() == 16 or not numba_ok):
             return "c"
