@@ -390,46 +390,9 @@ int dclszoo_construct_forward(const float *w, const float *p, const float *sg, l
     return 1;
 }
 
-/* Position and sigma gradients of axis d for all taps, into res[0 | 2][d][k] (positions | sigma); e[k*e_tap + j] is
-   the upstream gradient contracted with the other axis' profile (in 1-D the gradient itself: e_tap = 0). */
-static void tap_grads(int d, int K, int S0, int S1, const float *e, size_t e_tap, Scratch *s) {
-    size_t n = (size_t)K * W;
-    int size = d == 0 ? S0 : S1;
-    float c0 = (float)(-(size / 2));
-    const float *a = d == 0 ? s->a0 : s->a1;
-    const float *zo = d == 0 ? s->z1 : s->z0;
-    for (int k = 0; k < K; k++) {
-        size_t q = d * n + (size_t)k * W;
-        V pos = vload(s->pl + q), inv = vload(s->inv + q), ch = vload(s->chain + q);
-        V sc = vload(s->sc + k * W), gsc = vload(s->gsc + k * W), iden = vload(s->iden + k * W);
-        V shift = vmul(vmul(vmul(vsub(vzero(), gsc), sc), vload(zo + k * W)), iden); /* the normaliser's share */
-        V m1 = vzero(), m2 = vzero();
-        V u = vsub(vset1(c0), pos);
-        for (int j = 0; j < size; j++) {
-            V t = vmul(vmul(vfma(sc, vload(e + ((size_t)k * e_tap + j) * W), shift),
-                            vload(a + ((size_t)k * size + j) * W)), u);
-            m1 = vadd(m1, t);
-            m2 = vfma(t, u, m2);
-            u = vadd(u, vset1(1.0f));
-        }
-        V inv2 = vmul(inv, inv);
-        vstore(s->res + q, vmul(m1, inv2));
-        vstore(s->res + 2 * n + q, vmul(vmul(vmul(m2, inv2), ch), inv));
-    }
-}
-
-/* The block's weight (wl), position and sigma (res) gradients into their rows. */
-static void write_grads(Scratch *s, long R, int D, int K, long r0, int valid, float *gw, float *gp, float *gs) {
-    size_t n = (size_t)K * W;
-    if (gw) rows_out(s->wl, K, gw + r0 * K, valid, s->stage);
-    for (int d = 0; d < D; d++) {
-        if (gp) rows_out(s->res + d * n, K, gp + d * R * K + r0 * K, valid, s->stage);
-        if (gs) rows_out(s->res + 2 * n + d * n, K, gs + d * R * K + r0 * K, valid, s->stage);
-    }
-}
-
-/* Position and sigma gradients of one axis from its profile a, contraction e and coordinates u_j = c0 + j - pos
-   (register arrays of S vectors), into res (positions) and res + 2n (sigma), as tap_grads. */
+/* Position and sigma gradients of one axis of one tap from its profile a and contraction e (arrays of S vectors:
+   in registers in the fused backward, in scratch in tap_grads) and the coordinates u_j = c0 + j - pos, into out_p
+   and out_s. */
 #define AXIS_GRADS(S_, a, e, pos, inv, ch, sc, shift, out_p, out_s)                                              \
     do {                                                                                                         \
         V m1 = vzero(), m2 = vzero(), u = vsub(vset1((float)(-((S_) / 2))), (pos));                              \
@@ -443,6 +406,34 @@ static void write_grads(Scratch *s, long R, int D, int K, long r0, int valid, fl
         vstore((out_p), vmul(m1, inv2));                                                                         \
         vstore((out_s), vmul(vmul(vmul(m2, inv2), (ch)), (inv)));                                               \
     } while (0)
+
+/* Position and sigma gradients of axis d for all taps, into res[0 | 2][d][k] (positions | sigma); e[k*e_tap + j] is
+   the upstream gradient contracted with the other axis' profile (in 1-D the gradient itself: e_tap = 0). */
+static void tap_grads(int d, int K, int S0, int S1, const float *e, size_t e_tap, Scratch *s) {
+    size_t n = (size_t)K * W;
+    int size = d == 0 ? S0 : S1;
+    const float *a = d == 0 ? s->a0 : s->a1;
+    const float *zo = d == 0 ? s->z1 : s->z0;
+    for (int k = 0; k < K; k++) {
+        size_t q = d * n + (size_t)k * W;
+        V pos = vload(s->pl + q), inv = vload(s->inv + q), ch = vload(s->chain + q);
+        V sc = vload(s->sc + k * W), gsc = vload(s->gsc + k * W), iden = vload(s->iden + k * W);
+        V shift = vmul(vmul(vmul(vsub(vzero(), gsc), sc), vload(zo + k * W)), iden); /* the normaliser's share */
+        /* scratch vectors are W-float aligned: viewed as arrays of V (may-alias vector types) */
+        AXIS_GRADS(size, (const V *)(a + (size_t)k * size * W), (const V *)(e + (size_t)k * e_tap * W), pos, inv, ch,
+                   sc, shift, s->res + q, s->res + 2 * n + q);
+    }
+}
+
+/* The block's weight (wl), position and sigma (res) gradients into their rows. */
+static void write_grads(Scratch *s, long R, int D, int K, long r0, int valid, float *gw, float *gp, float *gs) {
+    size_t n = (size_t)K * W;
+    if (gw) rows_out(s->wl, K, gw + r0 * K, valid, s->stage);
+    for (int d = 0; d < D; d++) {
+        if (gp) rows_out(s->res + d * n, K, gp + d * R * K + r0 * K, valid, s->stage);
+        if (gs) rows_out(s->res + 2 * n + d * n, K, gs + d * R * K + r0 * K, valid, s->stage);
+    }
+}
 
 /* The whole per-tap backward of a square 2-D span S small enough for a tap's two profiles and contractions to stay
    in registers (4 S vectors; AVX-512): E0[y] = sum_x a1[x] G[y][x] and E1[x] = sum_y a0[y] G[y][x] in one pass over G,
