@@ -159,31 +159,31 @@ def _require(a, **outputs) -> None:
                              f"{arr.size} of {arr.dtype}.")
 
 
-def _split(rows: int, threads: int) -> tuple[int, int]:
-    n_blocks = -(-rows // lanes())
-    return n_blocks, max(1, min(n_blocks, _CHUNKS_PER_THREAD * threads))
-
-
-def _check(status: np.ndarray) -> None:
+def _run(kernel: int, args: tuple, n_blocks: int, threads: int) -> None:
+    """Kernel 0 (forward) or 1 (backward) over all blocks: split into chunks on numba's threads, or on the calling
+    thread (one thread, or no numba)."""
+    drivers = _parallel() if threads > 1 else None
+    if drivers is None:
+        fn = (_library()[0].dclszoo_construct_forward, _library()[0].dclszoo_construct_backward)[kernel]
+        status = np.array([fn(*(x.ctypes.data if isinstance(x, np.ndarray) else x for x in args), 0, n_blocks)],
+                          dtype=np.int32)
+    else:
+        n_chunks = max(1, min(n_blocks, _CHUNKS_PER_THREAD * threads))
+        status = np.zeros(n_chunks, dtype=np.int32)
+        drivers[kernel](*args, n_blocks, n_chunks, status)
     if not status.all():
         raise MemoryError("dclszoo C construction kernel: could not allocate its per-thread scratch buffers.")
+
+
+def _settings(a) -> tuple:
+    return (a.rows, a.ndim, a.k, a.s0, a.s1, a.lo, a.hi, int(a.bounded), float(a.floor), float(a.tail))
 
 
 def forward(a, out: np.ndarray, threads: int) -> None:
     """Dense kernel rows into ``out`` for the :class:`~dclszoo.kernels.construct._Args` ``a`` (full-shape
     contiguous parameters, Gaussian)."""
     _require(a, kernel=(out, a.rows * a.s0 * a.s1))
-    n_blocks, n_chunks = _split(a.rows, threads)
-    args = (a.w, a.p, a.s, a.rows, a.ndim, a.k, a.s0, a.s1, a.lo, a.hi, int(a.bounded), float(a.floor),
-            float(a.tail), out)
-    drivers = _parallel() if threads > 1 else None
-    if drivers is None:
-        status = np.array([_library()[0].dclszoo_construct_forward(
-            *(x.ctypes.data if isinstance(x, np.ndarray) else x for x in args), 0, n_blocks)], dtype=np.int32)
-    else:
-        status = np.zeros(n_chunks, dtype=np.int32)
-        drivers[0](*args, n_blocks, n_chunks, status)
-    _check(status)
+    _run(0, (a.w, a.p, a.s, *_settings(a), out), -(-a.rows // lanes()), threads)
 
 
 def backward(a, g: np.ndarray, gw: np.ndarray | None, gp: np.ndarray | None, gs: np.ndarray | None,
@@ -192,15 +192,5 @@ def backward(a, g: np.ndarray, gw: np.ndarray | None, gp: np.ndarray | None, gs:
     rk = a.rows * a.k
     _require(a, upstream=(g, a.rows * a.s0 * a.s1), weight_grad=(gw, rk), position_grad=(gp, a.ndim * rk),
              sigma_grad=(gs, a.ndim * rk))
-    n_blocks, n_chunks = _split(a.rows, threads)
     ptrs = tuple(0 if t is None else t.ctypes.data for t in (gw, gp, gs))
-    args = (a.w, a.p, a.s, g, a.rows, a.ndim, a.k, a.s0, a.s1, a.lo, a.hi, int(a.bounded), float(a.floor),
-            float(a.tail))
-    drivers = _parallel() if threads > 1 else None
-    if drivers is None:
-        status = np.array([_library()[0].dclszoo_construct_backward(
-            *(x.ctypes.data if isinstance(x, np.ndarray) else x for x in args), *ptrs, 0, n_blocks)], dtype=np.int32)
-    else:
-        status = np.zeros(n_chunks, dtype=np.int32)
-        drivers[1](*args, *ptrs, n_blocks, n_chunks, status)
-    _check(status)
+    _run(1, (a.w, a.p, a.s, g, *_settings(a), *ptrs), -(-a.rows // lanes()), threads)

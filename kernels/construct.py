@@ -86,11 +86,12 @@ def _c_fits(weight, positions, sigma, span) -> str | None:
         return why
     if sigma is None:
         return "the interpolation is bilinear (the C kernels do Gaussians)"
-    for name, t, shape in (("weight", weight, weight.shape), ("positions", positions, positions.shape),
-                           ("sigma", sigma, positions.shape)):
-        if t.shape != shape or not t.is_contiguous():
-            return (f"{name} has shape {tuple(t.shape)} and strides {t.stride()} (the C kernels need contiguous "
-                    f"tensors, sigma of the positions' full shape {tuple(positions.shape)})")
+    if sigma.shape != positions.shape:
+        return (f"sigma has shape {tuple(sigma.shape)} (the C kernels need sigma of the positions' full shape "
+                f"{tuple(positions.shape)})")
+    for name, t in (("weight", weight), ("positions", positions), ("sigma", sigma)):
+        if not t.is_contiguous():
+            return f"{name} has strides {t.stride()} (the C kernels need contiguous tensors)"
     return None
 
 
