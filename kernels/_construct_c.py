@@ -2,10 +2,12 @@
 
 ``_construct_c.h`` is compiled at install time into two optional extension modules, ``_construct_avx512``
 (16 lanes) and ``_construct_avx2`` (8 lanes, from ``_construct_avx512.c`` and ``_construct_avx2.c``); the best one
-this CPU can run is loaded with :mod:`ctypes` (the extension modules export plain C functions). The kernels take a range of row blocks, so the rows are split over numba's
-thread pool (``prange``), which also runs the numba kernels: threads of a pool of our own would compete with the
-OpenMP workers of torch and numba, which keep spinning for milliseconds after each parallel region. Without numba
-the kernels run on the calling thread.
+this CPU can run is loaded with :mod:`ctypes` (the extension modules export plain C functions). The kernels take
+a range of row blocks; the rows are split over the team of torch's own OpenMP runtime (its ``GOMP_parallel``,
+called from C), whose workers are still spinning from torch's last parallel region and start at once. A pool of
+threads of our own would compete with them for the cores. Where that runtime cannot be identified the rows go to
+numba's threads (``prange``, whose OpenMP pool binds to the same runtime), and without numba they run on the
+calling thread.
 
 What they cover: Gaussian interpolation, 1-D and 2-D spans, float32 CPU tensors with weight, positions and sigma
 of their full shapes (the numba kernels take everything else).
@@ -76,6 +78,9 @@ def _load(name: str | None = None):
     lib.dclszoo_construct_backward.argtypes = ([_VP] * 4 + [_L] + [_I] * 4 + [_VP] * 2 + [_I, _F, _F] + [_VP] * 3
                                                + [_L, _L])
     lib.dclszoo_construct_backward.restype = _I
+    lib.dclszoo_construct_omp.argtypes = ([_VP, ctypes.c_uint, _I, _I] + [_VP] * 4 + [_L] + [_I] * 4 + [_VP] * 2
+                                          + [_I, _F, _F] + [_VP] * 3 + [_L])
+    lib.dclszoo_construct_omp.restype = _I
     lib.dclszoo_lanes.restype = _I
     return lib, int(lib.dclszoo_lanes()), name
 
@@ -111,6 +116,34 @@ def available() -> bool:
 def lanes() -> int:
     """Rows per block of the loaded variant (16 or 8)."""
     return _library()[1]
+
+
+_OPENMP_NAMES = ("libgomp", "libomp", "libiomp")
+
+
+@functools.lru_cache(maxsize=None)
+def _torch_openmp() -> int | None:
+    """Address of ``GOMP_parallel`` in the OpenMP runtime that runs torch's CPU ops, or None where it cannot be
+    told apart (not Linux, torch not on OpenMP, several candidate runtimes loaded, none under torch's folder)."""
+    import torch
+
+    if "OpenMP" not in torch.__config__.parallel_info():
+        return None
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {parts[5].strip() for parts in (line.split(None, 5) for line in f) if len(parts) == 6}
+    except OSError:
+        return None
+    runtimes = sorted(p for p in paths if os.path.basename(p).startswith(_OPENMP_NAMES))
+    torch_dir = os.path.dirname(os.path.realpath(torch.__file__)) + os.sep
+    own = [p for p in runtimes if os.path.realpath(p).startswith(torch_dir)]
+    candidates = own or runtimes  # a wheel's bundled runtime, else the one torch was linked with (if alone)
+    if len(candidates) != 1:
+        return None
+    try:
+        return ctypes.cast(ctypes.CDLL(candidates[0]).GOMP_parallel, ctypes.c_void_p).value
+    except (OSError, AttributeError):
+        return None
 
 
 def _parallel():
@@ -160,10 +193,19 @@ def _require(a, **outputs) -> None:
 
 
 def _run(kernel: int, args: tuple, n_blocks: int, threads: int) -> None:
-    """Kernel 0 (forward) or 1 (backward) over all blocks: split into chunks on numba's threads, or on the calling
-    thread (one thread, or no numba)."""
-    drivers = _parallel() if threads > 1 else None
-    if drivers is None:
+    """Kernel 0 (forward) or 1 (backward) over all blocks: split into chunks on the threads of torch's OpenMP
+    runtime, else on numba's threads, else on the calling thread (one thread)."""
+    parallel = _torch_openmp() if threads > 1 else None
+    drivers = _parallel() if threads > 1 and parallel is None else None
+    if parallel is not None:
+        n_chunks = max(1, min(n_blocks, _CHUNKS_PER_THREAD * threads))
+        ptrs = (x.ctypes.data if isinstance(x, np.ndarray) else x for x in args)
+        if kernel == 0:  # forward's arguments lack the upstream gradient and two outputs
+            w, p, s, *settings, out = ptrs
+            ptrs = (w, p, s, 0, *settings, out, 0, 0)
+        status = np.array([_library()[0].dclszoo_construct_omp(parallel, threads, n_chunks, kernel, *ptrs, n_blocks)],
+                          dtype=np.int32)
+    elif drivers is None:
         fn = (_library()[0].dclszoo_construct_forward, _library()[0].dclszoo_construct_backward)[kernel]
         status = np.array([fn(*(x.ctypes.data if isinstance(x, np.ndarray) else x for x in args), 0, n_blocks)],
                           dtype=np.int32)

@@ -10,8 +10,8 @@ Backends of the construction:
 
 - ``"c"``: C kernels (:mod:`dclszoo.kernels._construct_c`, AVX-512 or AVX2 builds compiled at install time);
   Gaussian interpolation, 1-D/2-D spans, float32 CPU tensors with weight, positions and sigma of their full
-  shapes; chosen automatically where the AVX-512 build runs (rows split over numba's threads when numba is
-  installed), and where only the AVX2 one does, when numba is not installed.
+  shapes; chosen automatically where the AVX-512 build runs (rows split over the threads of torch's OpenMP
+  runtime), and where only the AVX2 one does, when numba is not installed.
 - ``"numba"``: the numba kernels (:mod:`dclszoo.kernels._construct_numba`); 1-D/2-D spans, float32 CPU tensors,
   both interpolations, any sigma shape; chosen automatically for the rest when numba is installed
   (``pip install dclszoo[snn]`` or ``numba``).
@@ -37,6 +37,7 @@ import torch
 
 from . import _buffers
 from . import _construct_c
+from ._threads import follow_torch as _follow_torch
 
 __all__ = [
     "BACKENDS", "ENV_BACKEND", "c_available", "numba_available", "select_backend", "construct_forward",
@@ -145,16 +146,10 @@ def select_backend(weight, positions, sigma, span, backend: str | None = None) -
 
 
 def _threads() -> int:
-    """Follow torch's thread count (``torch.set_num_threads``) within numba's pool size; return it (1 without
-    numba: the C kernels then run on the calling thread)."""
+    """numba's thread count, set to torch's (1 without numba)."""
     if not _NUMBA_INSTALLED:
         return 1
-    import numba
-
-    want = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    if numba.get_num_threads() != want:
-        numba.set_num_threads(want)
-    return want
+    return _follow_torch()
 
 
 def _rows(t: torch.Tensor, full: tuple[int, ...], rows: tuple[int, int, int]) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -235,7 +230,7 @@ def _forward(weight, positions, sigma, span, gauss, bounds, sigma_floor, backend
     if not (a.rows and a.k):
         out.zero_()
     elif backend == "c":
-        _construct_c.forward(a, out.numpy(), a.threads)
+        _construct_c.forward(a, out.numpy(), torch.get_num_threads())
     else:
         _kernels().construct_forward(*a.taps(), *a.common(), a.s0, a.s1, out.numpy())
     return out.view(tuple(weight.shape[:2]) + span)
@@ -278,7 +273,7 @@ def _backward(grad, weight, positions, sigma, span, gauss, bounds, sigma_floor, 
     g = grad.detach().contiguous().view(-1)  # a copy only for non-contiguous gradients (e.g. of kernel.sum())
     if a.rows and a.k and (need_w or need_p or need_s) and backend == "c":
         _construct_c.backward(a, g.numpy(), *(t.numpy() if on else None for t, on in
-                                              ((gw, need_w), (gp, need_p), (gs, need_s))), a.threads)
+                                              ((gw, need_w), (gp, need_p), (gs, need_s))), torch.get_num_threads())
     elif a.rows and a.k and (need_w or need_p or need_s):
         _kernels().construct_backward(
             *a.taps(), g.numpy(), *a.common(), a.s0, a.s1, need_w, need_p, need_s, gs_full,

@@ -20,6 +20,7 @@ import os
 
 import torch
 
+from dclszoo.kernels._threads import follow_torch as _follow_torch
 from dclszoo.reference import check_delay_args, sparse_delay_reference
 
 __all__ = ["sparse_delay", "sparse_delay_reference", "numba_available", "BACKENDS", "ENV_BACKEND"]
@@ -71,15 +72,6 @@ def _select_backend(x: torch.Tensor, backend: str | None) -> str:
     return requested
 
 
-def _threads(kernels) -> None:
-    """Follow torch's thread count (``torch.set_num_threads``) within numba's pool size."""
-    import numba
-
-    want = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    if numba.get_num_threads() != want:
-        numba.set_num_threads(want)
-
-
 def _rows(x: torch.Tensor) -> torch.Tensor:
     """``[T, B, C] -> [C, T*B]`` contiguous float32 rows (one per channel)."""
     steps, batch, ch = x.shape
@@ -90,7 +82,7 @@ class _SparseDelayNumba(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, coeff, offsets):
         kern = _numba_kernels()
-        _threads(kern)
+        _follow_torch()
         steps, batch, _ = x.shape
         n_out = coeff.shape[0]
         xt = _rows(x.detach())
@@ -107,7 +99,7 @@ class _SparseDelayNumba(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
         kern = _numba_kernels()
-        _threads(kern)
+        _follow_torch()
         xt, c, off = ctx.saved_tensors
         steps, batch = ctx.shape
         need_x, need_c = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])

@@ -266,6 +266,32 @@ def test_c_kernels_on_one_thread(span, monkeypatch):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.skipif(not construct.c_available(), reason="the C kernels are not built for this CPU")
+def test_c_kernels_on_numba_threads_when_openmp_is_unknown(monkeypatch):
+    """Where torch's OpenMP runtime cannot be found, the C kernels run on numba's threads: same values."""
+    monkeypatch.setattr(_construct_c, "_torch_openmp", lambda: None)
+    w, p, s = _taps(37, 3, 5, (7, 7), seed=13)
+    _check(w, p, s, (7, 7), "gauss", bounds=_bounds((7, 7)), sigma_floor=1e-3, monkeypatch=monkeypatch)
+
+
+def test_torch_thread_count_survives_the_first_numba_call():
+    """numba's OpenMP pool shares torch's runtime; launching it must not change ``torch.get_num_threads()``."""
+    code = (
+        "import torch, dclszoo\n"
+        "from dclszoo.kernels import delay\n"
+        "torch.set_num_threads(1)\n"
+        "m = dclszoo.DclsConv2d(4, 4, 3, 5, padding=2)\n"
+        "m(torch.randn(1, 4, 6, 6)).sum().backward()\n"
+        "delay.sparse_delay(torch.randn(5, 1, 3), torch.ones(2, 3, 1), torch.zeros(2, 3, 1, dtype=torch.long),"
+        " backend='numba')\n"
+        "import numba\n"
+        "print(torch.get_num_threads(), numba.get_num_threads())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "1"], out.stdout
+
+
 def test_explicit_choice_and_errors(monkeypatch):
     w, p = torch.zeros(2, 3, 1), torch.zeros(1, 2, 3, 1)
     assert construct.select_backend(w, p, None, (3,), backend="torch") == "torch"
