@@ -139,6 +139,13 @@ static inline void tr_mem(const float *src, long ss, float *dst, long ds, int n_
             for (int h = 0; h < W / 8; h++) _mm256_storeu_ps(dst + (size_t)(g + i) * ds + 8 * h, blk[h][i]);
     }
 }
+/* Software prefetch of n floats from p into L2 (a hint: the hardware prefetchers alone left the backward waiting
+   on the upstream gradient, 3.7 instead of 4.5 ms for row 4 of the benchmark; into L1 it gained nothing). */
+static inline void prefetch_l2(const float *p, long n) {
+    for (long l = 0; l < n; l += 64 / sizeof(float)) _mm_prefetch((const char *)(p + l), _MM_HINT_T1);
+}
+#define PREFETCH_BLOCKS 2 /* how many blocks ahead */
+
 /* src holds `valid` rows of c floats (row-major, contiguous); dst[j*W + lane] = src[lane*c + j] for j < c (rows
    past `valid` are zero). `avail` floats are readable from src; `pad` is scratch of W*c + W floats. */
 static void rows_in(const float *src, int valid, int c, long avail, float *dst, float *pad) {
@@ -320,6 +327,14 @@ static void block_params(const float *w, const float *p, const float *sg, long R
                          Scratch *s) {
     size_t n = (size_t)K * W;
     long left = (R - r0) * K; /* readable floats from the block's first row to the end of its array */
+    long ahead = r0 + PREFETCH_BLOCKS * W;
+    if (ahead + W <= R) {
+        prefetch_l2(w + ahead * K, W * K);
+        for (int d = 0; d < D; d++) {
+            prefetch_l2(p + d * R * K + ahead * K, W * K);
+            prefetch_l2(sg + d * R * K + ahead * K, W * K);
+        }
+    }
     rows_in(w + r0 * K, valid, K, left, s->wl, s->pad);
     for (int d = 0; d < D; d++) {
         rows_in(p + d * R * K + r0 * K, valid, K, left, s->pl + d * n, s->pad);
@@ -522,6 +537,7 @@ int dclszoo_construct_backward(const float *w, const float *p, const float *sg, 
         long r0 = b * W;
         int valid = R - r0 < W ? (int)(R - r0) : W;
         block_params(w, p, sg, R, D, K, S0, S1, lo, hi, bounded, fl, tail, r0, valid, &s);
+        if (r0 + (PREFETCH_BLOCKS + 1) * W <= R) prefetch_l2(g + (r0 + PREFETCH_BLOCKS * W) * m, W * m);
         rows_in(g + r0 * m, valid, m, (R - r0) * m, s.acc, s.pad); /* the upstream gradient, lane-major [y][x] */
         if (D == 2 && S0 == S1 && (S0 == 3 || S0 == 5 || S0 == 7)) {
             if (S0 == 3) taps_fused_3(s.acc, K, &s);
