@@ -146,10 +146,39 @@ static inline void prefetch_l2(const float *p, long n) {
 }
 #define PREFETCH_BLOCKS 2 /* how many blocks ahead */
 
+#if W == 16
+/* Column counts that are not a multiple of 8 leave c % 8 columns: up to LEFT of them go one by one through a
+   gather (rows -> lane-major) or a scatter (back), more through one more 8 x 8 group overlapping the previous one.
+   (Row 4 of the benchmark: 49 = 6 x 8 + 1 kernel columns, 9 = 8 + 1 taps; one thread, forward -3%, backward -4%
+   against 16 x 16 groups, the last one overlapping.) */
+#define LEFT 2
+static inline __m512i lane_offsets(int c) {
+    return _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(c));
+}
+#endif
+
 /* src holds `valid` rows of c floats (row-major, contiguous); dst[j*W + lane] = src[lane*c + j] for j < c (rows
    past `valid` are zero). `avail` floats are readable from src; `pad` is scratch of W*c + W floats. */
 static void rows_in(const float *src, int valid, int c, long avail, float *dst, float *pad) {
     const float *rows = src;
+#if W == 16
+    if (c >= 8) { /* whole 8 x 8 groups read inside the rows: only a partial block needs the padded copy */
+        if (valid < W) {
+            memcpy(pad, src, sizeof(float) * (size_t)valid * c);
+            memset(pad + (size_t)valid * c, 0, sizeof(float) * (size_t)(W - valid) * c);
+            rows = pad;
+        }
+        int j = 0;
+        for (; j + 8 <= c; j += 8) tr_mem(rows + j, c, dst + (size_t)j * W, W, 8);
+        if (j < c && c - j <= LEFT) {
+            __m512i idx = lane_offsets(c);
+            for (; j < c; j++) vstore(dst + (size_t)j * W, _mm512_i32gather_ps(idx, rows + j, 4));
+        } else if (j < c) {
+            tr_mem(rows + c - 8, c, dst + (size_t)(c - 8) * W, W, 8);
+        }
+        return;
+    }
+#endif
     /* rows shorter than a vector are read W floats at a time (into the next rows): fine inside the array */
     if (valid < W || (c < W && (long)(W - 1) * c + W > avail)) { /* else through zero-padded scratch */
         memcpy(pad, src, sizeof(float) * (size_t)valid * c);
@@ -162,10 +191,34 @@ static void rows_in(const float *src, int valid, int c, long avail, float *dst, 
     }
 }
 
+#if W == 16
+/* Columns j..j+7 of lane-major src into the W rows of c floats at stage (exactly 8 floats per row). */
+static inline void tr_out8(const float *src, int j, float *stage, int c) {
+    for (int g = 0; g < W; g += 8) {
+        __m256 blk[8];
+        for (int i = 0; i < 8; i++) blk[i] = _mm256_loadu_ps(src + (size_t)(j + i) * W + g);
+        tr8(blk);
+        for (int i = 0; i < 8; i++) _mm256_storeu_ps(stage + (size_t)(g + i) * c + j, blk[i]);
+    }
+}
+#endif
+
 /* Inverse of rows_in: lane-major src[j*W + lane] (j < c) into `valid` contiguous rows of c floats at dst, through
    the staging buffer `stage` (W*c + W floats, 64-byte aligned); whole blocks with non-temporal stores when dst is
    aligned to a vector. */
 static void rows_out(const float *src, int c, float *dst, int valid, float *stage) {
+#if W == 16
+    if (c >= 8) {
+        int j = 0;
+        for (; j + 8 <= c; j += 8) tr_out8(src, j, stage, c);
+        if (j < c && c - j <= LEFT) {
+            __m512i idx = lane_offsets(c);
+            for (; j < c; j++) _mm512_i32scatter_ps(stage + j, idx, vload(src + (size_t)j * W), 4);
+        } else if (j < c) {
+            tr_out8(src, c - 8, stage, c);
+        }
+    } else
+#endif
     for (int j0 = 0; j0 < c; j0 += W) {
         int j = (c >= W && j0 + W > c) ? c - W : j0;
         tr_mem(src + (size_t)j * W, W, stage + j, c, W); /* ascending rows: each overwrites the last one's excess */
@@ -244,8 +297,8 @@ static void gemm(float *C, long ci, long cj, const float *A, long ai, long al, c
 /* Gaussian profile of one tap on W rows: a[j*W] = exp(-u_j^2 / (2 s^2)) with u_j = c0 + j - pos (0 below
    exp(-tail)), j < n; returns the sum. From the middle point outwards by the recurrence phi(u +- 1) = phi(u) r,
    r *= q (three exp2 and products) where every value and ratio stays in range in all lanes, else one exp2 per
-   point. `coef` = -log2(e) / (2 s^2). */
-static inline V profile(V pos, V coef, int n, float c0, V thr, V limit, float *a) {
+   point. `coef` = -log2(e) / (2 s^2). Always inlined, so that a constant n unrolls the walk (see profile_n). */
+static inline __attribute__((always_inline)) V profile(V pos, V coef, int n, float c0, V thr, V limit, float *a) {
     int mid = n / 2, up = n - 1 - mid;
     V u0 = vsub(vset1(c0), pos);
     V um = vadd(u0, vset1((float)mid));
@@ -291,6 +344,17 @@ static inline V profile(V pos, V coef, int n, float c0, V thr, V limit, float *a
         }
     }
     return z;
+}
+
+/* profile() for a span of n points, with the walk unrolled for the usual small odd spans (row 4 of the benchmark,
+   one thread: backward -2%, forward unchanged). */
+static V profile_n(V pos, V coef, int n, V thr, V limit, float *a) {
+    switch (n) {
+    case 3: return profile(pos, coef, 3, -1.0f, thr, limit, a);
+    case 5: return profile(pos, coef, 5, -2.0f, thr, limit, a);
+    case 7: return profile(pos, coef, 7, -3.0f, thr, limit, a);
+    default: return profile(pos, coef, n, (float)(-(n / 2)), thr, limit, a);
+    }
 }
 
 /* --------------------------------------------------------------------------------------------- scratch */
@@ -344,7 +408,6 @@ static void block_params(const float *w, const float *p, const float *sg, long R
     for (int d = 0; d < D; d++) {
         V vlo = vset1(bounded ? lo[d] : 0.0f), vhi = vset1(bounded ? hi[d] : 0.0f);
         int size = d == 0 ? S0 : S1;
-        float c0 = (float)(-(size / 2));
         float *a = d == 0 ? s->a0 : s->a1, *z = d == 0 ? s->z0 : s->z1;
         for (int k = 0; k < K; k++) {
             size_t q = d * n + (size_t)k * W;
@@ -362,7 +425,7 @@ static void block_params(const float *w, const float *p, const float *sg, long R
             vstore(s->pl + q, pos);
             vstore(s->inv + q, inv);
             vstore(s->chain + q, ch);
-            vstore(z + k * W, profile(pos, coef, size, c0, thr, limit, a + (size_t)k * size * W));
+            vstore(z + k * W, profile_n(pos, coef, size, thr, limit, a + (size_t)k * size * W));
         }
     }
     for (int k = 0; k < K; k++) {
