@@ -22,6 +22,7 @@ import importlib.util
 import os
 
 import numpy as np
+import torch
 
 __all__ = ["available", "lanes", "runnable_variants", "variant", "forward", "backward"]
 
@@ -30,7 +31,7 @@ _VARIANTS = (
     ("_construct_avx512", ("avx512f", "avx512dq", "avx512bw", "avx512vl", "fma")),
     ("_construct_avx2", ("avx2", "fma")),
 )
-_CHUNKS_PER_THREAD = 4
+_CHUNKS_PER_THREAD = 8  # chunks taken from a shared counter: a late thread leaves a small tail
 _VP, _L, _I, _F = ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_float
 
 
@@ -154,7 +155,7 @@ def _parallel():
 @functools.lru_cache(maxsize=None)
 def _drivers(name: str):
     """The ``prange`` drivers of variant ``name`` (compiled at first use, a second or two: they hold the C functions'
-    addresses, so they cannot be cached on disk)."""
+    addresses, so they cannot be cached on disk). Pointers are passed as integers."""
     try:
         from numba import njit, prange
     except ImportError:
@@ -166,73 +167,91 @@ def _drivers(name: str):
     def forward_blocks(w, p, s, rows, ndim, k, s0, s1, lo, hi, bounded, floor, tail, out, n_blocks, n_chunks,
                        status):  # pragma: no cover - jitted
         for c in prange(n_chunks):
-            status[c] = c_forward(w.ctypes.data, p.ctypes.data, s.ctypes.data, rows, ndim, k, s0, s1, lo.ctypes.data,
-                                  hi.ctypes.data, bounded, floor, tail, out.ctypes.data, n_blocks * c // n_chunks,
-                                  n_blocks * (c + 1) // n_chunks)
+            status[c] = c_forward(w, p, s, rows, ndim, k, s0, s1, lo, hi, bounded, floor, tail, out,
+                                  n_blocks * c // n_chunks, n_blocks * (c + 1) // n_chunks)
 
     @njit(parallel=True, nogil=True)
     def backward_blocks(w, p, s, g, rows, ndim, k, s0, s1, lo, hi, bounded, floor, tail, gw, gp, gs, n_blocks,
                         n_chunks, status):  # pragma: no cover - jitted
         for c in prange(n_chunks):
-            status[c] = c_backward(w.ctypes.data, p.ctypes.data, s.ctypes.data, g.ctypes.data, rows, ndim, k, s0, s1,
-                                   lo.ctypes.data, hi.ctypes.data, bounded, floor, tail, gw, gp, gs,
+            status[c] = c_backward(w, p, s, g, rows, ndim, k, s0, s1, lo, hi, bounded, floor, tail, gw, gp, gs,
                                    n_blocks * c // n_chunks, n_blocks * (c + 1) // n_chunks)
 
     return forward_blocks, backward_blocks
 
 
-def _require(a, **outputs) -> None:
-    """The arrays must hold what the kernels read and write (they index raw pointers)."""
-    rk = a.rows * a.k
-    sizes = {"weight": (a.w, rk), "positions": (a.p, a.ndim * rk), "sigma": (a.s, a.ndim * rk)}
-    sizes.update(outputs)
-    for name, (arr, n) in sizes.items():
-        if arr is not None and (arr.dtype != np.float32 or arr.size < n or not arr.flags.c_contiguous):
-            raise ValueError(f"C construction kernel: {name} must be {n} contiguous float32 values, got "
-                             f"{arr.size} of {arr.dtype}.")
+@functools.lru_cache(maxsize=64)
+def _bounds(flat: tuple[float, ...] | None, ndim: int):
+    """``(lo, hi)`` float32 C arrays of the clamp bounds (zeros when unbounded), kept alive by the cache."""
+    lo, hi = (flat[:ndim], flat[ndim:]) if flat is not None else ((0.0,) * ndim, (0.0,) * ndim)
+    return (_F * ndim)(*lo), (_F * ndim)(*hi)
 
 
-def _run(kernel: int, args: tuple, n_blocks: int, threads: int) -> None:
-    """Kernel 0 (forward) or 1 (backward) over all blocks: split into chunks on the threads of torch's OpenMP
-    runtime, else on numba's threads, else on the calling thread (one thread)."""
+def _settings(weight, span: tuple[int, ...], bounds, sigma_floor, tail: float) -> tuple:
+    """The kernels' scalar arguments ``rows, D, K, S0, S1, lo, hi, bounded, floor, tail``."""
+    o, i, k = weight.shape
+    ndim = len(span)
+    lo, hi = _bounds(None if bounds is None else tuple(bounds), ndim)
+    return (o * i, ndim, k, span[0], span[1] if ndim == 2 else 1, ctypes.addressof(lo), ctypes.addressof(hi),
+            int(bounds is not None), float(sigma_floor or 0.0), float(tail))
+
+
+def _require(**tensors) -> None:
+    """Each tensor must hold the float32 values the kernels read or write (they index raw pointers)."""
+    for name, (t, n) in tensors.items():
+        if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu" or t.numel() < n
+                              or not t.is_contiguous()):
+            raise ValueError(f"C construction kernel: {name} must be {n} contiguous float32 CPU values, got "
+                             f"{t.numel()} of {t.dtype} on {t.device}.")
+
+
+def _ptr(t) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _run(kernel: int, w, p, s, g, settings: tuple, outs: tuple, threads: int) -> None:
+    """Kernel 0 (forward, ``outs = (kernel,)``) or 1 (backward, ``outs = (gw, gp, gs)``, None: not computed) over
+    all blocks: in chunks on the threads of torch's OpenMP runtime, else on numba's threads, else on the calling
+    thread (one thread)."""
+    lib = _library()[0]
+    n_blocks = -(-settings[0] // lanes())
+    n_chunks = max(1, min(n_blocks, _CHUNKS_PER_THREAD * threads))
+    inputs = (_ptr(w), _ptr(p), _ptr(s)) + ((_ptr(g),) if kernel else ())
+    out_ptrs = tuple(_ptr(t) for t in outs)
     parallel = _torch_openmp() if threads > 1 else None
     drivers = _parallel() if threads > 1 and parallel is None else None
     if parallel is not None:
-        n_chunks = max(1, min(n_blocks, _CHUNKS_PER_THREAD * threads))
-        ptrs = (x.ctypes.data if isinstance(x, np.ndarray) else x for x in args)
-        if kernel == 0:  # forward's arguments lack the upstream gradient and two outputs
-            w, p, s, *settings, out = ptrs
-            ptrs = (w, p, s, 0, *settings, out, 0, 0)
-        status = np.array([_library()[0].dclszoo_construct_omp(parallel, threads, n_chunks, kernel, *ptrs, n_blocks)],
-                          dtype=np.int32)
+        padded = out_ptrs + (0,) * (3 - len(out_ptrs))
+        ok = lib.dclszoo_construct_omp(parallel, threads, n_chunks, kernel, *inputs[:3], _ptr(g), *settings, *padded,
+                                       n_blocks)
     elif drivers is None:
-        fn = (_library()[0].dclszoo_construct_forward, _library()[0].dclszoo_construct_backward)[kernel]
-        status = np.array([fn(*(x.ctypes.data if isinstance(x, np.ndarray) else x for x in args), 0, n_blocks)],
-                          dtype=np.int32)
+        fn = (lib.dclszoo_construct_forward, lib.dclszoo_construct_backward)[kernel]
+        ok = fn(*inputs, *settings, *out_ptrs, 0, n_blocks)
     else:
-        n_chunks = max(1, min(n_blocks, _CHUNKS_PER_THREAD * threads))
         status = np.zeros(n_chunks, dtype=np.int32)
-        drivers[kernel](*args, n_blocks, n_chunks, status)
-    if not status.all():
+        drivers[kernel](*inputs, *settings, *out_ptrs, n_blocks, n_chunks, status)
+        ok = status.all()
+    if not ok:
         raise MemoryError("dclszoo C construction kernel: could not allocate its per-thread scratch buffers.")
 
 
-def _settings(a) -> tuple:
-    return (a.rows, a.ndim, a.k, a.s0, a.s1, a.lo, a.hi, int(a.bounded), float(a.floor), float(a.tail))
+def forward(weight, positions, sigma, span: tuple[int, ...], bounds, sigma_floor, tail: float, out,
+            threads: int) -> None:
+    """Dense kernel rows into the flat float32 tensor ``out`` (Gaussian; weight ``[O, I/g, K]``, positions and sigma
+    ``[D, O, I/g, K]``, all contiguous float32; ``bounds`` flat ``lo + hi`` or None)."""
+    settings = _settings(weight, span, bounds, sigma_floor, tail)
+    rk, m = settings[0] * settings[2], settings[0] * settings[3] * settings[4]
+    _require(weight=(weight, rk), positions=(positions, settings[1] * rk), sigma=(sigma, settings[1] * rk),
+             kernel=(out, m))
+    _run(0, weight, positions, sigma, None, settings, (out,), threads)
 
 
-def forward(a, out: np.ndarray, threads: int) -> None:
-    """Dense kernel rows into ``out`` for the :class:`~dclszoo.kernels.construct._Args` ``a`` (full-shape
-    contiguous parameters, Gaussian)."""
-    _require(a, kernel=(out, a.rows * a.s0 * a.s1))
-    _run(0, (a.w, a.p, a.s, *_settings(a), out), -(-a.rows // lanes()), threads)
-
-
-def backward(a, g: np.ndarray, gw: np.ndarray | None, gp: np.ndarray | None, gs: np.ndarray | None,
+def backward(grad, weight, positions, sigma, span: tuple[int, ...], bounds, sigma_floor, tail: float, gw, gp, gs,
              threads: int) -> None:
-    """Parameter gradients for the upstream rows ``g`` into ``gw``, ``gp``, ``gs`` (None: not computed)."""
-    rk = a.rows * a.k
-    _require(a, upstream=(g, a.rows * a.s0 * a.s1), weight_grad=(gw, rk), position_grad=(gp, a.ndim * rk),
-             sigma_grad=(gs, a.ndim * rk))
-    ptrs = tuple(0 if t is None else t.ctypes.data for t in (gw, gp, gs))
-    _run(1, (a.w, a.p, a.s, g, *_settings(a), *ptrs), -(-a.rows // lanes()), threads)
+    """Parameter gradients for the upstream kernel gradient ``grad`` (flat, contiguous) into the flat tensors
+    ``gw``, ``gp``, ``gs`` (None: not computed)."""
+    settings = _settings(weight, span, bounds, sigma_floor, tail)
+    rk, m, d = settings[0] * settings[2], settings[0] * settings[3] * settings[4], settings[1]
+    _require(weight=(weight, rk), positions=(positions, d * rk), sigma=(sigma, d * rk), upstream=(grad, m),
+             weight_grad=(gw, rk), position_grad=(gp, d * rk), sigma_grad=(gs, d * rk))
+    _run(1, weight, positions, sigma, grad, settings, (gw, gp, gs), threads)

@@ -225,13 +225,15 @@ def _fresh(numel: int) -> torch.Tensor:
 def _forward(weight, positions, sigma, span, gauss, bounds, sigma_floor, backend, alloc) -> torch.Tensor:
     """The forward kernel call; ``alloc(numel)`` gives the flat float32 output (fresh or pooled)."""
     span = tuple(span)
-    a = _args(weight, positions, sigma, span, gauss, bounds, sigma_floor)
-    out = alloc(a.rows * a.s0 * a.s1)
-    if not (a.rows and a.k):
+    rows, k = weight.shape[0] * weight.shape[1], weight.shape[2]
+    out = alloc(rows * math.prod(span))
+    if not (rows and k):
         out.zero_()
-    elif backend == "c":
-        _construct_c.forward(a, out.numpy(), torch.get_num_threads())
+    elif backend == "c":  # straight from the tensors (no numpy views: the per-call Python cost matters here)
+        _construct_c.forward(weight, positions, sigma, span, bounds, sigma_floor, _GAUSS_TAIL, out,
+                             torch.get_num_threads())
     else:
+        a = _args(weight, positions, sigma, span, gauss, bounds, sigma_floor)
         _kernels().construct_forward(*a.taps(), *a.common(), a.s0, a.s1, out.numpy())
     return out.view(tuple(weight.shape[:2]) + span)
 
@@ -258,23 +260,26 @@ def _backward(grad, weight, positions, sigma, span, gauss, bounds, sigma_floor, 
               alloc):
     """The backward kernel call; ``alloc(numel)`` gives the flat float32 parameter gradients (fresh or pooled)."""
     span = tuple(span)
-    a = _args(weight, positions, sigma, span, gauss, bounds, sigma_floor)
+    a = _args(weight, positions, sigma, span, gauss, bounds, sigma_floor) if backend != "c" else None
+    o, i, k = weight.shape
+    rows, ndim, shape4 = o * i, len(span), (len(span), o, i, k)
     need_s = need_s and gauss
     f32 = dict(dtype=torch.float32)
     dummy = torch.zeros(1, **f32)
-    gw = alloc(a.rows * a.k) if need_w else dummy
-    gp = alloc(a.ndim * a.rows * a.k) if need_p else dummy
+    gw = alloc(rows * k) if need_w else dummy
+    gp = alloc(ndim * rows * k) if need_p else dummy
     s4 = (1,) * (4 - sigma.dim()) + tuple(sigma.shape) if need_s else None
     # per-entry sigma gradients (the C kernels always write them) or, for a sigma shared over all (out, in) rows,
     # per-chunk sums (numba)
     gs_full = need_s and (backend == "c" or not (s4[1] == 1 and s4[2] == 1))
-    gs = alloc(a.ndim * a.rows * a.k) if gs_full else dummy
-    gs_part = torch.zeros(a.chunks * a.ndim * a.k, **f32) if need_s and not gs_full else dummy
+    gs = alloc(ndim * rows * k) if gs_full else dummy
+    gs_part = torch.zeros(a.chunks * ndim * k, **f32) if need_s and not gs_full else dummy
     g = grad.detach().contiguous().view(-1)  # a copy only for non-contiguous gradients (e.g. of kernel.sum())
-    if a.rows and a.k and (need_w or need_p or need_s) and backend == "c":
-        _construct_c.backward(a, g.numpy(), *(t.numpy() if on else None for t, on in
-                                              ((gw, need_w), (gp, need_p), (gs, need_s))), torch.get_num_threads())
-    elif a.rows and a.k and (need_w or need_p or need_s):
+    if rows and k and (need_w or need_p or need_s) and backend == "c":
+        _construct_c.backward(g, weight, positions, sigma, span, bounds, sigma_floor, _GAUSS_TAIL,
+                              *(t if on else None for t, on in ((gw, need_w), (gp, need_p), (gs, need_s))),
+                              torch.get_num_threads())
+    elif rows and k and (need_w or need_p or need_s):
         _kernels().construct_backward(
             *a.taps(), g.numpy(), *a.common(), a.s0, a.s1, need_w, need_p, need_s, gs_full,
             gw.numpy(), gp.numpy(), gs.numpy(), gs_part.numpy(),
@@ -284,10 +289,10 @@ def _backward(grad, weight, positions, sigma, span, gauss, bounds, sigma_floor, 
             t.zero_()
     empty = torch.empty(0, **f32)
     grad_w = gw.view(weight.shape) if need_w else empty
-    grad_p = gp.view(a.shape4) if need_p else empty.clone()
+    grad_p = gp.view(shape4) if need_p else empty.clone()
     grad_s = empty.clone()
     if need_s:
-        full = gs.view(a.shape4) if gs_full else gs_part.view(a.chunks, a.ndim, a.k).sum(0).view(a.ndim, 1, 1, a.k)
+        full = gs.view(shape4) if gs_full else gs_part.view(a.chunks, ndim, k).sum(0).view(ndim, 1, 1, k)
         grad_s = full.sum_to_size(s4).reshape(sigma.shape)
     return grad_w, grad_p, grad_s
 
