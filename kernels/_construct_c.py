@@ -126,8 +126,6 @@ _OPENMP_NAMES = ("libgomp", "libomp", "libiomp")
 def _torch_openmp() -> int | None:
     """Address of ``GOMP_parallel`` in the OpenMP runtime that runs torch's CPU ops, or None where it cannot be
     told apart (not Linux, torch not on OpenMP, several candidate runtimes loaded, none under torch's folder)."""
-    import torch
-
     if "OpenMP" not in torch.__config__.parallel_info():
         return None
     try:
@@ -180,9 +178,10 @@ def _drivers(name: str):
     return forward_blocks, backward_blocks
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=None)
 def _bounds(flat: tuple[float, ...] | None, ndim: int):
-    """``(lo, hi)`` float32 C arrays of the clamp bounds (zeros when unbounded), kept alive by the cache."""
+    """``(lo, hi)`` float32 C arrays of the clamp bounds (zeros when unbounded), kept alive by the cache (never
+    evicted, so that an address handed to a kernel stays valid; a model has a few distinct bounds)."""
     lo, hi = (flat[:ndim], flat[ndim:]) if flat is not None else ((0.0,) * ndim, (0.0,) * ndim)
     return (_F * ndim)(*lo), (_F * ndim)(*hi)
 
