@@ -46,7 +46,8 @@ __all__ = [
 
 BACKENDS = ("c", "numba", "torch")
 ENV_BACKEND = "DCLSZOO_CONSTRUCT_BACKEND"
-_GAUSS_TAIL = 40.0  # float32: profile values below exp(-40) of the peak are zero (as in the torch path)
+_GAUSS_TAIL = 40.0  # float32: profile values below exp(-40) of the peak are zero (as in the torch path; the C
+# kernels keep them where their recurrence runs, a change below 4e-18 of the peak: see _construct_c.h)
 _CHUNKS_PER_THREAD = 4
 
 
