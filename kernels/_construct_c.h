@@ -155,8 +155,9 @@ static inline void prefetch_l2(const float *p, long n) {
    (Row 4 of the benchmark: 49 = 6 x 8 + 1 kernel columns, 9 = 8 + 1 taps; one thread, forward -3%, backward -4%
    against 16 x 16 groups, the last one overlapping.) */
 #define LEFT 2
-static inline __m512i lane_offsets(int c) {
-    return _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(c));
+static inline __m512i lane_offsets(int c) { /* lane * c */
+    return _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                              _mm512_set1_epi32(c));
 }
 #endif
 
@@ -298,9 +299,9 @@ static void gemm(float *C, long ci, long cj, const float *A, long ai, long al, c
 
 /* -------------------------------------------------------------------------------------------- profiles */
 /* Gaussian profile of one tap on W rows: a[j*W] = exp(-u_j^2 / (2 s^2)) with u_j = c0 + j - pos, j < n (0 below
-   exp(-tail) on the point-by-point path); returns the sum. From the middle point outwards by the recurrence phi(u +- 1) = phi(u) r,
-   r *= q (three exp2 and products) where every value and ratio stays in range in all lanes, else one exp2 per
-   point. `coef` = -log2(e) / (2 s^2). Always inlined, so that a constant n unrolls the walk (see profile_n).
+   exp(-tail) on the point-by-point path); returns the sum. From the middle point outwards by the recurrence
+   phi(u +- 1) = phi(u) r, r *= q (three exp2 and products) where every value and ratio stays in range in all lanes,
+   else one exp2 per point. `coef` = -log2(e) / (2 s^2). Always inlined, so that a constant n unrolls the walk (see profile_n).
    `odd` (a constant: n odd and >= 3, AVX-512) saves 6 of ~43 multiply-class operations, the FMA pipes being what
    bounds this code: the farthest point from |pos| (the grid is symmetric), and q = ru rd, exact since
    ru = 2^(coef (2 um + 1)) and rd = 2^(coef (1 - 2 um)). Then t_far <= t_up, t_dn (as (|um| + mid)^2 >= 2 |um| + 1),
