@@ -302,10 +302,10 @@ static void gemm(float *C, long ci, long cj, const float *A, long ai, long al, c
    exp(-tail) on the point-by-point path); returns the sum. From the middle point outwards by the recurrence
    phi(u +- 1) = phi(u) r, r *= q (three exp2 and products) where every value and ratio stays in range in all lanes,
    else one exp2 per point. `coef` = -log2(e) / (2 s^2). Always inlined, so that a constant n unrolls the walk
-   (see profile_n). `odd` (a constant: n odd and >= 3, AVX-512) saves 6 of ~43 multiply-class operations, the FMA pipes being what
-   bounds this code: the farthest point from |pos| (the grid is symmetric), and q = ru rd, exact since
-   ru = 2^(coef (2 um + 1)) and rd = 2^(coef (1 - 2 um)). Then t_far <= t_up, t_dn (as (|um| + mid)^2 >= 2 |um| + 1),
-   so the range check keeps both ratios normal and scalef needs no clamp. */
+   (see profile_n). `odd` (a constant: n odd and >= 3, AVX-512) saves 6 of ~43 multiply-class operations, the FMA
+   pipes being what bounds this code: the farthest point from |pos| (the grid is symmetric), and q = ru rd, exact
+   since ru = 2^(coef (2 um + 1)) and rd = 2^(coef (1 - 2 um)). Then t_far <= t_up, t_dn (as (|um| + mid)^2 >=
+   2 |um| + 1), so the range check keeps both ratios normal and scalef needs no clamp. */
 static inline __attribute__((always_inline)) V profile(V pos, V coef, int n, float c0, int odd, V limit, float *a) {
     int mid = n / 2, up = n - 1 - mid;
     V u0 = vsub(vset1(c0), pos);
