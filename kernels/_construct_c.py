@@ -201,7 +201,7 @@ def _require(**tensors) -> None:
         if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu" or t.numel() < n
                               or not t.is_contiguous()):
             raise ValueError(f"C construction kernel: {name} must be {n} contiguous float32 CPU values, got "
-                             f"{t.numel()} of {t.dtype} on {t.device}.")
+                             f"{t.numel()} of {t.dtype} on {t.device} (contiguous: {t.is_contiguous()}).")
 
 
 def _ptr(t) -> int:

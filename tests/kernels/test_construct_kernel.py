@@ -274,6 +274,20 @@ def test_c_kernels_on_numba_threads_when_openmp_is_unknown(monkeypatch):
     _check(w, p, s, (7, 7), "gauss", bounds=_bounds((7, 7)), sigma_floor=1e-3, monkeypatch=monkeypatch)
 
 
+@pytest.mark.skipif(not construct.c_available(), reason="the C kernels are not built for this CPU")
+def test_c_kernels_check_the_buffers_they_index():
+    """The C entry points index raw pointers: a short, mistyped or strided buffer is refused, naming it."""
+    w, p, s = torch.zeros(2, 3, 4), torch.zeros(2, 2, 3, 4), torch.ones(2, 2, 3, 4)
+    with pytest.raises(ValueError, match=r"kernel must be 150 contiguous float32 CPU values, got 149"):
+        _construct_c.forward(w, p, s, (5, 5), None, None, 40.0, torch.empty(149), 1)
+    with pytest.raises(ValueError, match=r"sigma must be 48 .*torch.float64"):
+        _construct_c.forward(w, p, s.double(), (5, 5), None, None, 40.0, torch.empty(150), 1)
+    with pytest.raises(ValueError, match=r"positions must be 48 .*contiguous: False"):
+        _construct_c.forward(w, p.transpose(1, 2), s, (5, 5), None, None, 40.0, torch.empty(150), 1)
+    with pytest.raises(ValueError, match=r"upstream must be 150"):
+        _construct_c.backward(torch.zeros(10), w, p, s, (5, 5), None, None, 40.0, None, None, None, 1)
+
+
 def test_torch_thread_count_survives_the_first_numba_call():
     """numba's OpenMP pool shares torch's runtime; launching it must not change ``torch.get_num_threads()``."""
     code = (
