@@ -146,13 +146,6 @@ def select_backend(weight, positions, sigma, span, backend: str | None = None) -
     return requested
 
 
-def _threads() -> int:
-    """numba's thread count, set to torch's (1 without numba)."""
-    if not _NUMBA_INSTALLED:
-        return 1
-    return _follow_torch()
-
-
 def _rows(t: torch.Tensor, full: tuple[int, ...], rows: tuple[int, int, int]) -> tuple[np.ndarray, tuple[int, ...]]:
     """``t`` broadcast to ``full`` and seen as ``rows = [D, R, K]`` ((out, in) merged): its flat storage (a numpy
     view) and element strides. A copy is made only when the strides cannot be merged (e.g. a sigma shared over
@@ -171,7 +164,7 @@ def _rows(t: torch.Tensor, full: tuple[int, ...], rows: tuple[int, int, int]) ->
 
 
 class _Args:
-    """numpy views of the inputs and the scalar settings shared by forward and backward."""
+    """numpy views of the inputs and the scalar settings shared by the numba kernels' forward and backward."""
 
     def __init__(self, weight, positions, sigma, span, interpolation, bounds, sigma_floor):
         self.ndim, (o, i, k) = len(span), weight.shape
@@ -190,13 +183,8 @@ class _Args:
         self.floor = np.float32(sigma_floor if sigma_floor is not None else 0.0)
         self.tail = np.float32(_GAUSS_TAIL)
         self.thr = np.float32(math.exp(-_GAUSS_TAIL))  # the profile value of the tail cut (peak 1)
-        self.threads = _threads()
-
-    @functools.cached_property
-    def chunks(self) -> int:
-        """Thread chunks of the numba kernels (their 16-row blocks, a few chunks per thread)."""
-        blocks = -(-self.rows // _kernels().LANES)
-        return max(1, min(blocks, _CHUNKS_PER_THREAD * self.threads))
+        blocks = -(-self.rows // _kernels().LANES)  # thread chunks of the numba kernels' 16-row blocks
+        self.chunks = max(1, min(blocks, _CHUNKS_PER_THREAD * _follow_torch()))
 
     def taps(self):
         return (self.w, self.p, self.s, self.strides, self.rows, self.k)
