@@ -659,14 +659,14 @@ int dclszoo_construct_backward(const float *w, const float *p, const float *sg, 
    pool competes with them for the cores). Chunks of blocks are taken from a shared counter. */
 typedef void (*omp_parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
 typedef struct {
-    int kind; /* 0 forward (out), 1 backward (gw, gp, gs) */
+    int kind; /* 0 forward, 1 backward */
     const float *w, *p, *sg, *g;
     long R;
     int D, K, S0, S1;
     const float *lo, *hi;
     int bounded;
     float fl, tail;
-    float *out, *gw, *gp, *gs;
+    float *o0, *o1, *o2; /* forward: the kernel, NULL, NULL; backward: gw, gp, gs */
     long n_blocks;
     int n_chunks, next, ok;
 } Job;
@@ -678,10 +678,10 @@ static void job_body(void *arg) {
         if (c >= j->n_chunks) break;
         long b0 = j->n_blocks * c / j->n_chunks, b1 = j->n_blocks * (c + 1) / j->n_chunks;
         int ok = j->kind == 0 ? dclszoo_construct_forward(j->w, j->p, j->sg, j->R, j->D, j->K, j->S0, j->S1, j->lo,
-                                                          j->hi, j->bounded, j->fl, j->tail, j->out, b0, b1)
+                                                          j->hi, j->bounded, j->fl, j->tail, j->o0, b0, b1)
                               : dclszoo_construct_backward(j->w, j->p, j->sg, j->g, j->R, j->D, j->K, j->S0, j->S1,
-                                                           j->lo, j->hi, j->bounded, j->fl, j->tail, j->gw, j->gp,
-                                                           j->gs, b0, b1);
+                                                           j->lo, j->hi, j->bounded, j->fl, j->tail, j->o0, j->o1,
+                                                           j->o2, b0, b1);
         if (!ok) __atomic_store_n(&j->ok, 0, __ATOMIC_RELAXED);
     }
 }
@@ -692,7 +692,7 @@ int dclszoo_construct_omp(void *parallel, unsigned threads, int n_chunks, int ki
                           const float *sg, const float *g, long R, int D, int K, int S0, int S1, const float *lo,
                           const float *hi, int bounded, float fl, float tail, float *o0, float *o1, float *o2,
                           long n_blocks) {
-    Job j = {kind, w, p, sg, g, R, D, K, S0, S1, lo, hi, bounded, fl, tail, o0, o0, o1, o2, n_blocks, n_chunks, 0, 1};
+    Job j = {kind, w, p, sg, g, R, D, K, S0, S1, lo, hi, bounded, fl, tail, o0, o1, o2, n_blocks, n_chunks, 0, 1};
     ((omp_parallel_fn)parallel)(job_body, &j, threads, 0);
     return j.ok;
 }
