@@ -83,9 +83,11 @@ def _numba_fits(weight, positions, sigma, span) -> str | None:
 
 def _c_fits(weight, positions, sigma, span) -> str | None:
     """Why the C kernels cannot build this kernel (None if they can)."""
-    why = _numba_fits(weight, positions, sigma, span)
-    if why is not None:
-        return why
+    return _numba_fits(weight, positions, sigma, span) or _c_layout_fits(weight, positions, sigma)
+
+
+def _c_layout_fits(weight, positions, sigma) -> str | None:
+    """What the C kernels need beyond the numba kernels' conditions (None if met)."""
     if sigma is None:
         return "the interpolation is bilinear (the C kernels do Gaussians)"
     if sigma.shape != positions.shape:
@@ -112,10 +114,11 @@ def select_backend(weight, positions, sigma, span, backend: str | None = None) -
     """
     requested = backend if backend is not None else os.environ.get(ENV_BACKEND, "").strip().lower() or None
     if requested is None or requested == "auto":
-        numba_ok = _numba_fits(weight, positions, sigma, span) is None and numba_available()
+        fits = _numba_fits(weight, positions, sigma, span) is None
+        numba_ok = fits and numba_available()
         # the AVX2 build is no faster than numba's AVX2 code (row 4 of bench/, fwd+bwd: 8.8-9.0 vs 8.9-9.8 ms,
         # Zen 3 code on a Zen 4 host): there the C kernels are only the choice without numba
-        if _c_fits(weight, positions, sigma, span) is None and c_available() and (
+        if fits and _c_layout_fits(weight, positions, sigma) is None and c_available() and (
                 _construct_c.lanes() == 16 or not numba_ok):
             return "c"
         return "numba" if numba_ok else "torch"
