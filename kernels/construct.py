@@ -289,6 +289,28 @@ def _backward(grad, weight, positions, sigma, span, gauss, bounds, sigma_floor, 
     return grad_w, grad_p, grad_s
 
 
+def _backward_c(grad, weight, positions, sigma, span, bounds, sigma_floor, need_w, need_p, need_s):
+    """The eager C backward: ``_backward``'s result with None where not needed, in pooled buffers, by the shortest
+    path (this Python runs once per training step, with caches swept by the convolution before it: in row 4 of
+    bench/dcls_layer.py each line here costs about ten times what it does warm). The C kernels take sigma of the
+    positions' full shape only (select_backend), so no reduction to a broadcast shape is needed."""
+    o, i, k = weight.shape
+    rk, ndim = o * i * k, len(span)
+    gw = _buffers.empty(rk) if need_w else None
+    gp = _buffers.empty(ndim * rk) if need_p else None
+    gs = _buffers.empty(ndim * rk) if need_s else None
+    if rk:
+        g = grad if grad.is_contiguous() else grad.contiguous()  # e.g. the expanded gradient of kernel.sum()
+        _construct_c.backward(g, weight, positions, sigma, span, bounds, sigma_floor, _GAUSS_TAIL, gw, gp, gs,
+                              torch.get_num_threads())
+    else:
+        for t in (gw, gp, gs):
+            if t is not None:
+                t.zero_()
+    return (None if gw is None else gw.view(weight.shape), None if gp is None else gp.view(positions.shape),
+            None if gs is None else gs.view(sigma.shape))
+
+
 def _backward_impl(
     grad: torch.Tensor, weight: torch.Tensor, positions: torch.Tensor, sigma: torch.Tensor | None, span: list[int],
     gauss: bool, bounds: list[float] | None, sigma_floor: float | None, need_w: bool, need_p: bool, need_s: bool,
@@ -362,6 +384,8 @@ def construct_backward(
     args = (grad, weight.detach(), positions.detach(), sigma.detach() if gauss else None)
     rest = (gauss, _bounds_list(bounds), sigma_floor, need_w, need_p, need_s)
     if _plain(*args):
+        if backend == "c":
+            return _backward_c(*args, span, *rest[1:])
         gw, gp, gs = _backward(*args, span, *rest, backend, _buffers.empty)
     else:
         gw, gp, gs = _backward_op(*args, list(span), *rest, backend)

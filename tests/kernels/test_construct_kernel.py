@@ -179,15 +179,19 @@ def test_gauss_positions_at_and_beyond_borders(monkeypatch):
 
 
 def test_only_some_gradients_and_non_contiguous_upstream(monkeypatch):
-    monkeypatch.setenv(construct.ENV_BACKEND, "numba")
     w, p, s = (t.float() for t in _taps(17, 2, 3, (5, 5), seed=9))
-    p.requires_grad_(True)
-    k = dcls_kernel(w, p, s, (5, 5), "gauss")
-    k.sum().backward()  # upstream gradient: an expanded (zero-stride) tensor
+    s = s.expand(p.shape).contiguous()  # sigma of the full shape: the C kernels' case too
     p_ref = p.detach().double().requires_grad_(True)
     dcls_kernel_reference(w.double(), p_ref, s.double(), (5, 5), "gauss").sum().backward()
-    assert w.grad is None and s.grad is None
-    _close(p.grad, p_ref.grad, "grad positions")
+    for backend, variant in _fast_backends(s, "gauss", p):
+        monkeypatch.setenv(construct.ENV_BACKEND, backend)
+        pb = p.detach().clone().requires_grad_(True)
+        with _construct_c.variant(variant) if variant else contextlib.nullcontext():
+            k = dcls_kernel(w, pb, s, (5, 5), "gauss")
+            k.sum().backward()  # upstream gradient: an expanded (zero-stride) tensor
+        assert w.grad is None and s.grad is None
+        _close(pb.grad, p_ref.grad, f"grad positions ({variant or backend})")
+    assert len(_fast_backends(s, "gauss", p)) == 1 + len(_construct_c.runnable_variants())
 
 
 # ------------------------------------------------------------------------------------------ properties
