@@ -103,14 +103,14 @@ def _minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def median_times(
+def round_times(
     fns: dict[str, Callable[[], object]], repeats: dict[str, int], clock: str = "wall",
     faults: dict[str, float] | None = None,
-) -> dict[str, float]:
-    """Median time per function; one warm-up call each, then rounds interleaving all of them, each round in its
-    own (seeded) random order, so that no function always runs right after the same one (what ran just before
-    matters: a construction timed right after the dense convolution takes ~1.5x as long as after another
-    construction, its caches having been swept).
+) -> dict[str, list[float]]:
+    """Seconds of every call of every function, in round order: one warm-up call each, then rounds interleaving
+    all of them, each round in its own (seeded) random order, so that no function always runs right after the same
+    one (what ran just before matters: a construction timed right after the dense convolution takes ~1.5x as long
+    as after another construction, its caches having been swept).
 
     ``clock='wall'`` is ``time.perf_counter``; ``clock='cpu'`` is this process's CPU time
     (``time.process_time``), which with one thread is robust to other processes sharing the cores.
@@ -136,20 +136,47 @@ def median_times(
                 counts[name].append(_minor_faults() - f0)
     if faults is not None:
         faults.update({name: statistics.median(c) for name, c in counts.items()})
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
+
+
+def median_times(
+    fns: dict[str, Callable[[], object]], repeats: dict[str, int], clock: str = "wall",
+    faults: dict[str, float] | None = None,
+) -> dict[str, float]:
+    """Median time per function over the rounds of :func:`round_times`."""
+    return {name: statistics.median(ts) for name, ts in round_times(fns, repeats, clock, faults).items()}
+
+
+def paired_ratio(times: dict[str, list[float]], a: str, b: str) -> tuple[float, float, float]:
+    """``(median, first quartile, third quartile)`` over the rounds of the per-round ratio ``a / b`` of two
+    functions timed in the same rounds of :func:`round_times`. The benchmark host's speed drifts by more than 5%
+    within a process (row 4's dense conv fwd+bwd alone, groups of ten calls in one process: medians from 119 to
+    131 ms); a ratio of two calls made side by side cancels that drift, a ratio of two medians does not."""
+    ratios = [x / y for x, y in zip(times[a], times[b])]
+    if len(ratios) < 2:
+        return ratios[0], ratios[0], ratios[0]
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    return statistics.median(ratios), q1, q3
 
 
 def paired_then_reference(
     fns: dict[str, Callable[[], object]], repeats: dict[str, int], reference: str, clock: str = "wall",
-    faults: dict[str, float] | None = None,
+    faults: dict[str, float] | None = None, samples: dict[str, list[float]] | None = None,
 ) -> dict[str, float]:
     """:func:`median_times` of every function but ``reference`` interleaved, then of ``reference`` in rounds of
     its own (same run). ``dcls`` 0.1.1 allocates and frees 0.2-4.4 GiB a call: whatever runs right after it
-    finds caches, TLBs and heap swept, so interleaving it would charge its side effects to the others."""
+    finds caches, TLBs and heap swept, so interleaving it would charge its side effects to the others.
+    ``samples``, if given, receives the interleaved functions' per-call times (for :func:`paired_ratio`)."""
     rest = {name: fn for name, fn in fns.items() if name != reference}
-    times = median_times(rest, {name: repeats[name] for name in rest}, clock, faults)
-    times.update(median_times({reference: fns[reference]}, {reference: repeats[reference]}, clock, faults))
-    return times
+    own_faults: dict[str, float] = {}
+    times = round_times(rest, {name: repeats[name] for name in rest}, clock, own_faults)
+    if samples is not None:
+        samples.update(times)
+    medians = {name: statistics.median(ts) for name, ts in times.items()}
+    medians.update(median_times({reference: fns[reference]}, {reference: repeats[reference]}, clock, own_faults))
+    if faults is not None:
+        faults.update(own_faults)
+    return medians
 
 
 def print_fault_table(rows: list[tuple[str, dict[str, float]]], columns: dict[str, str]) -> None:

@@ -1,11 +1,13 @@
 """DCLS layer forward+backward: dclszoo vs ``dcls`` 0.1.1 vs the dense conv of the span (CPU, 2 threads).
 
-Run: ``python bench/dcls_layer.py`` (needs ``dcls==0.1.1``; about 3 minutes on 2 cores).
+Run: ``python bench/dcls_layer.py`` (needs ``dcls==0.1.1``; about 4 minutes on 2 cores).
 Each implementation computes ``y = layer(x)`` and ``y.backward(gy)`` with ``x.requires_grad`` (a layer inside
 a network) and ``gy`` allocated once; gradients are reset to ``None`` between calls. Timings are medians over
 rounds interleaving ours and the dense conv in a random order each round; ``dcls`` is timed in rounds of its own
 (its gigabytes of fresh buffers per call would slow whatever ran after it). Target (issue 2): ours / dense-span
-<= 1.05 in every row.
+<= 1.05 in every row. Two ratios are printed: of the two medians, and the median of the per-round ratios (ours
+and the dense conv run in the same round, so the host's drift over the run cancels; its quartiles beside it).
+``bench/dcls_layer_spread.py`` repeats the ours/dense rounds in several fresh processes.
 
 Backend: on CPU in float32 the construction runs in the fused kernels chosen by ``dclszoo.kernels.construct``
 (the C kernels where they are built, for these Gaussian rows; the warm-up call loads them or compiles numba's);
@@ -22,8 +24,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _cases import (  # noqa: E402
-    backend_of, build, paired_then_reference, print_fault_table, row_parser, selected_rows, with_backend,
+    backend_of, build, paired_ratio, paired_then_reference, print_fault_table, row_parser, selected_rows,
+    with_backend,
 )
+
+ROUNDS_PER_REPEAT = 6  # interleaved rounds of ours, numba and the dense conv per ``Case.repeats``
 
 
 def _fwd_bwd(module: torch.nn.Module, x: torch.Tensor, gy: torch.Tensor):
@@ -44,9 +49,10 @@ def main() -> None:
         f"({args.clock} clock), load average before: {os.getloadavg()[0]:.1f}"
     )
     print()
-    print("| case | construction | dense conv of span | dclszoo | dclszoo (numba) | dcls 0.1.1 | dclszoo / dense | "
-          "dclszoo (numba) / dense | dcls / dense | dcls / dclszoo |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| case | construction | rounds | dense conv of span | dclszoo | dclszoo (numba) | dcls 0.1.1 | "
+          "dclszoo / dense | dclszoo / dense, per round [quartiles] | dclszoo (numba) / dense | dcls / dense | "
+          "dcls / dclszoo |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     fault_rows = []
     for case in rows:
         dense, ours, theirs = build(case)
@@ -55,13 +61,16 @@ def main() -> None:
         fns = {name: _fwd_bwd(m, x, gy) for name, m in (("dense", dense), ("ours", ours), ("dcls", theirs))}
         fns["numba"] = with_backend("numba", fns["ours"])
         faults: dict[str, float] = {}
-        reps = {"dense": 3 * case.repeats, "ours": 3 * case.repeats, "numba": 3 * case.repeats, "dcls": case.repeats}
-        t = paired_then_reference(fns, reps, "dcls", args.clock, faults)
+        rounds = ROUNDS_PER_REPEAT * case.repeats
+        reps = {"dense": rounds, "ours": rounds, "numba": rounds, "dcls": case.repeats}
+        samples: dict[str, list[float]] = {}
+        t = paired_then_reference(fns, reps, "dcls", args.clock, faults, samples)
         fault_rows.append((case.name, faults))
+        mid, q1, q3 = paired_ratio(samples, "ours", "dense")
         print(
-            f"| {case.name} | {backend_of(ours)} | {t['dense']:.4f} | {t['ours']:.4f} | {t['numba']:.4f} | "
-            f"{t['dcls']:.4f} | {t['ours'] / t['dense']:.3f}x | {t['numba'] / t['dense']:.3f}x | "
-            f"{t['dcls'] / t['dense']:.2f}x | {t['dcls'] / t['ours']:.2f}x |",
+            f"| {case.name} | {backend_of(ours)} | {rounds} | {t['dense']:.4f} | {t['ours']:.4f} | {t['numba']:.4f} | "
+            f"{t['dcls']:.4f} | {t['ours'] / t['dense']:.3f}x | {mid:.3f}x [{q1:.3f}, {q3:.3f}] | "
+            f"{t['numba'] / t['dense']:.3f}x | {t['dcls'] / t['dense']:.2f}x | {t['dcls'] / t['ours']:.2f}x |",
             flush=True,
         )
     print_fault_table(fault_rows, {"dense conv of span": "dense", "dclszoo": "ours", "dclszoo (numba)": "numba",
