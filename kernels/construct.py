@@ -299,11 +299,11 @@ def _backward_c(grad, weight, positions, sigma, span, bounds, sigma_floor, need_
     gw = _buffers.empty(rk) if need_w else None
     gp = _buffers.empty(ndim * rk) if need_p else None
     gs = _buffers.empty(ndim * rk) if need_s else None
-    if rk:
+    if rk and (need_w or need_p or need_s):
         g = grad if grad.is_contiguous() else grad.contiguous()  # e.g. the expanded gradient of kernel.sum()
         _construct_c.backward(g, weight, positions, sigma, span, bounds, sigma_floor, _GAUSS_TAIL, gw, gp, gs,
                               torch.get_num_threads())
-    else:
+    else:  # no rows or no taps: zero gradients
         for t in (gw, gp, gs):
             if t is not None:
                 t.zero_()
