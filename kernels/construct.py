@@ -250,28 +250,30 @@ def _forward_fake(weight, positions, sigma, span, gauss, bounds, sigma_floor, ba
 
 def _backward(grad, weight, positions, sigma, span, gauss, bounds, sigma_floor, need_w, need_p, need_s, backend,
               alloc):
-    """The backward kernel call; ``alloc(numel)`` gives the flat float32 parameter gradients (fresh or pooled)."""
+    """The backward kernel call; ``alloc(numel)`` gives the flat float32 parameter gradients (fresh or pooled).
+    Every gradient is a tensor (empty where not needed), as the custom op returns them."""
     span = tuple(span)
-    a = _args(weight, positions, sigma, span, gauss, bounds, sigma_floor) if backend != "c" else None
-    o, i, k = weight.shape
-    rows, ndim, shape4 = o * i, len(span), (len(span), o, i, k)
     need_s = need_s and gauss
     f32 = dict(dtype=torch.float32)
+    empty = torch.empty(0, **f32)
+    if backend == "c":
+        gw, gp, gs = _backward_c(grad, weight, positions, sigma, span, bounds, sigma_floor, need_w, need_p, need_s,
+                                 alloc)
+        return (empty if gw is None else gw, empty.clone() if gp is None else gp,
+                empty.clone() if gs is None else gs)
+    a = _args(weight, positions, sigma, span, gauss, bounds, sigma_floor)
+    o, i, k = weight.shape
+    rows, ndim, shape4 = o * i, len(span), (len(span), o, i, k)
     dummy = torch.zeros(1, **f32)
     gw = alloc(rows * k) if need_w else dummy
     gp = alloc(ndim * rows * k) if need_p else dummy
     s4 = (1,) * (4 - sigma.dim()) + tuple(sigma.shape) if need_s else None
-    # per-entry sigma gradients (the C kernels always write them) or, for a sigma shared over all (out, in) rows,
-    # per-chunk sums (numba)
-    gs_full = need_s and (backend == "c" or not (s4[1] == 1 and s4[2] == 1))
+    # per-entry sigma gradients or, for a sigma shared over all (out, in) rows, per-chunk sums
+    gs_full = need_s and not (s4[1] == 1 and s4[2] == 1)
     gs = alloc(ndim * rows * k) if gs_full else dummy
     gs_part = torch.zeros(a.chunks * ndim * k, **f32) if need_s and not gs_full else dummy
     g = grad.detach().contiguous().view(-1)  # a copy only for non-contiguous gradients (e.g. of kernel.sum())
-    if rows and k and (need_w or need_p or need_s) and backend == "c":
-        _construct_c.backward(g, weight, positions, sigma, span, bounds, sigma_floor, _GAUSS_TAIL,
-                              *(t if on else None for t, on in ((gw, need_w), (gp, need_p), (gs, need_s))),
-                              torch.get_num_threads())
-    elif rows and k and (need_w or need_p or need_s):
+    if rows and k and (need_w or need_p or need_s):
         _kernels().construct_backward(
             *a.taps(), g.numpy(), *a.common(), a.s0, a.s1, need_w, need_p, need_s, gs_full,
             gw.numpy(), gp.numpy(), gs.numpy(), gs_part.numpy(),
@@ -279,7 +281,6 @@ def _backward(grad, weight, positions, sigma, span, gauss, bounds, sigma_floor, 
     else:
         for t in (gw, gp, gs):
             t.zero_()
-    empty = torch.empty(0, **f32)
     grad_w = gw.view(weight.shape) if need_w else empty
     grad_p = gp.view(shape4) if need_p else empty.clone()
     grad_s = empty.clone()
@@ -289,16 +290,16 @@ def _backward(grad, weight, positions, sigma, span, gauss, bounds, sigma_floor, 
     return grad_w, grad_p, grad_s
 
 
-def _backward_c(grad, weight, positions, sigma, span, bounds, sigma_floor, need_w, need_p, need_s):
-    """The eager C backward: ``_backward``'s result with None where not needed, in pooled buffers, by the shortest
-    path (this Python runs once per training step, with caches swept by the convolution before it: in row 4 of
+def _backward_c(grad, weight, positions, sigma, span, bounds, sigma_floor, need_w, need_p, need_s, alloc):
+    """The C backward: gradients in ``alloc`` buffers, None where not needed, by the shortest path (eager, this
+    Python runs once per training step, with caches swept by the convolution before it: in row 4 of
     bench/dcls_layer.py each line here costs about ten times what it does warm). The C kernels take sigma of the
     positions' full shape only (select_backend), so no reduction to a broadcast shape is needed."""
     o, i, k = weight.shape
     rk, ndim = o * i * k, len(span)
-    gw = _buffers.empty(rk) if need_w else None
-    gp = _buffers.empty(ndim * rk) if need_p else None
-    gs = _buffers.empty(ndim * rk) if need_s else None
+    gw = alloc(rk) if need_w else None
+    gp = alloc(ndim * rk) if need_p else None
+    gs = alloc(ndim * rk) if need_s else None
     if rk and (need_w or need_p or need_s):
         g = grad if grad.is_contiguous() else grad.contiguous()  # e.g. the expanded gradient of kernel.sum()
         _construct_c.backward(g, weight, positions, sigma, span, bounds, sigma_floor, _GAUSS_TAIL, gw, gp, gs,
@@ -385,7 +386,7 @@ def construct_backward(
     rest = (gauss, _bounds_list(bounds), sigma_floor, need_w, need_p, need_s)
     if _plain(*args):
         if backend == "c":
-            return _backward_c(*args, span, *rest[1:])
+            return _backward_c(*args, span, *rest[1:], _buffers.empty)
         gw, gp, gs = _backward(*args, span, *rest, backend, _buffers.empty)
     else:
         gw, gp, gs = _backward_op(*args, list(span), *rest, backend)

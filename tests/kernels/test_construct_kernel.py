@@ -342,22 +342,28 @@ def test_import_does_not_load_numba():
 
 
 def test_custom_ops_for_torch_compile(monkeypatch):
-    """The numba calls are opaque custom ops with fake (meta) implementations: opcheck, then a compiled call."""
-    monkeypatch.setenv(construct.ENV_BACKEND, "numba")
+    """The numba and C calls are opaque custom ops with fake (meta) implementations: opcheck, then a compiled call,
+    on every fused backend (and C variant) this CPU runs."""
     w, p, s = (t.float() for t in _taps(17, 2, 3, (5, 4), seed=8))
     g = torch.randn(17, 2, 5, 4)
     bounds = [float(v) for b in _bounds((5, 4)) for v in b]
-    torch.library.opcheck(construct._forward_op, (w, p, s, [5, 4], True, bounds, 1e-3))
-    torch.library.opcheck(construct._backward_op, (g, w, p, s, [5, 4], True, bounds, 1e-3, True, True, True))
+    k_ref, grads_ref = _run(_reference(w.double(), p.double(), s.double(), (5, 4), "gauss", _bounds((5, 4)), 1e-3),
+                            w.double(), p.double(), s.double(), (5, 4), "gauss", g.double())
 
     def build(w_, p_, s_):
         return dcls_kernel(w_, p_, s_, (5, 4), "gauss", position_bounds=_bounds((5, 4)), sigma_floor=1e-3)
 
-    leaves = [t.clone().requires_grad_(True) for t in (w, p, s)]
-    k = torch.compile(build, backend="aot_eager", fullgraph=True)(*leaves)
-    k.backward(g)
-    k_ref, grads_ref = _run(_reference(w.double(), p.double(), s.double(), (5, 4), "gauss", _bounds((5, 4)), 1e-3),
-                            w.double(), p.double(), s.double(), (5, 4), "gauss", g.double())
-    _close(k.detach(), k_ref, "kernel (compiled)")
-    for name, leaf, want in zip(("weight", "positions", "sigma"), leaves, grads_ref):
-        _close(leaf.grad, want, f"grad {name} (compiled)")
+    for backend, variant in _fast_backends(s, "gauss", p):
+        monkeypatch.setenv(construct.ENV_BACKEND, backend)
+        what = variant or backend
+        with _construct_c.variant(variant) if variant else contextlib.nullcontext():
+            torch.library.opcheck(construct._forward_op, (w, p, s, [5, 4], True, bounds, 1e-3, backend))
+            torch.library.opcheck(construct._backward_op,
+                                  (g, w, p, s, [5, 4], True, bounds, 1e-3, True, True, True, backend))
+            torch._dynamo.reset()
+            leaves = [t.clone().requires_grad_(True) for t in (w, p, s)]
+            k = torch.compile(build, backend="aot_eager", fullgraph=True)(*leaves)
+            k.backward(g)
+        _close(k.detach(), k_ref, f"kernel (compiled, {what})")
+        for name, leaf, want in zip(("weight", "positions", "sigma"), leaves, grads_ref):
+            _close(leaf.grad, want, f"grad {name} (compiled, {what})")
