@@ -74,6 +74,23 @@ def build(case: Case, seed: int = 0):
     return dense, ours, theirs
 
 
+def layer_io(case: Case, dense: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, gy)`` of the layer benchmarks: an input that requires grad (a layer inside a network) and an
+    upstream gradient allocated once."""
+    x = torch.randn(case.input_shape, requires_grad=True)
+    return x, torch.randn_like(dense(x).detach())
+
+
+def layer_step(module: nn.Module, x: torch.Tensor, gy: torch.Tensor) -> Callable[[], None]:
+    """One timed call of the layer benchmarks: gradients reset to None, ``module(x).backward(gy)``."""
+    def run():
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        module(x).backward(gy)
+
+    return run
+
+
 def backend_of(module: nn.Module) -> str:
     """The construction backend the module's kernel takes here (``c`` with its variant, ``numba`` or ``torch``)."""
     from dclszoo.kernels import _construct_c, construct

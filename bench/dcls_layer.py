@@ -24,20 +24,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _cases import (  # noqa: E402
-    backend_of, build, paired_ratio, paired_then_reference, print_fault_table, row_parser, selected_rows,
-    with_backend,
+    backend_of, build, layer_io, layer_step, paired_ratio, paired_then_reference, print_fault_table, row_parser,
+    selected_rows, with_backend,
 )
 
 ROUNDS_PER_REPEAT = 6  # interleaved rounds of ours, numba and the dense conv per ``Case.repeats``
-
-
-def _fwd_bwd(module: torch.nn.Module, x: torch.Tensor, gy: torch.Tensor):
-    def run():
-        module.zero_grad(set_to_none=True)
-        x.grad = None
-        module(x).backward(gy)
-
-    return run
 
 
 def main() -> None:
@@ -56,9 +47,8 @@ def main() -> None:
     fault_rows = []
     for case in rows:
         dense, ours, theirs = build(case)
-        x = torch.randn(case.input_shape, requires_grad=True)
-        gy = torch.randn_like(dense(x).detach())
-        fns = {name: _fwd_bwd(m, x, gy) for name, m in (("dense", dense), ("ours", ours), ("dcls", theirs))}
+        x, gy = layer_io(case, dense)
+        fns = {name: layer_step(m, x, gy) for name, m in (("dense", dense), ("ours", ours), ("dcls", theirs))}
         fns["numba"] = with_backend("numba", fns["ours"])
         faults: dict[str, float] = {}
         rounds = ROUNDS_PER_REPEAT * case.repeats

@@ -18,7 +18,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _cases import build, row_parser, selected_rows  # noqa: E402
+from _cases import build, layer_io, row_parser, selected_rows  # noqa: E402
 
 
 def main() -> None:
@@ -42,8 +42,7 @@ def main() -> None:
     _construct_c.backward = timed(_construct_c.backward, "C backward")
     for case in selected_rows(args.rows or "3"):
         dense, ours, _ = build(case)
-        x = torch.randn(case.input_shape, requires_grad=True)
-        gy = torch.randn_like(dense(x).detach())
+        x, gy = layer_io(case, dense)
 
         def step(module, tag):
             module.zero_grad(set_to_none=True)

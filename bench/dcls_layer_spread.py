@@ -21,7 +21,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _cases import build, paired_ratio, round_times, row_parser, selected_rows  # noqa: E402
+from _cases import build, layer_io, layer_step, paired_ratio, round_times, row_parser, selected_rows  # noqa: E402
 
 TARGET = 1.05
 
@@ -31,18 +31,9 @@ def _child(rows: str, rounds: int, threads: int, clock: str) -> None:
     torch.set_num_threads(threads)
     for index, case in zip(rows.split(","), selected_rows(rows)):
         dense, ours, _ = build(case)
-        x = torch.randn(case.input_shape, requires_grad=True)
-        gy = torch.randn_like(dense(x).detach())
-
-        def fwd_bwd(module):
-            def run():
-                module.zero_grad(set_to_none=True)
-                x.grad = None
-                module(x).backward(gy)
-
-            return run
-
-        times = round_times({"dense": fwd_bwd(dense), "ours": fwd_bwd(ours)}, {"dense": rounds, "ours": rounds}, clock)
+        x, gy = layer_io(case, dense)
+        fns = {"dense": layer_step(dense, x, gy), "ours": layer_step(ours, x, gy)}
+        times = round_times(fns, {"dense": rounds, "ours": rounds}, clock)
         medians = {name: statistics.median(ts) for name, ts in times.items()}
         mid, q1, q3 = paired_ratio(times, "ours", "dense")
         print(json.dumps({"row": int(index), "case": case.name, "dense": medians["dense"], "ours": medians["ours"],
