@@ -1,4 +1,4 @@
-"""Fused CPU kernels of the DCLS kernel construction (forward and backward of ``dclszoo.functional.dcls_kernel``).
+"""Fused kernels of the DCLS kernel construction (forward and backward of ``dclszoo.functional.dcls_kernel``).
 
 ``K[o, i, x] = sum_k w[o,i,k] * prod_d phi_d(x_d - c_d - p[d,o,i,k]) / Z[o,i,k]``, for 1-D and 2-D spans,
 Gaussian and bilinear interpolation, with the op's fused straight-through position clamp and ``|sigma|`` floor.
@@ -8,6 +8,9 @@ forward and the parameter gradients in the backward.
 
 Backends of the construction:
 
+- ``"triton"``: GPU kernels (:mod:`dclszoo.kernels._construct_triton`), one launch per direction; 1-D/2-D spans,
+  both interpolations, any floating dtype (computed in float32), any sigma shape; chosen automatically for CUDA
+  tensors when triton is installed.
 - ``"c"``: C kernels (:mod:`dclszoo.kernels._construct_c`, AVX-512 or AVX2 builds compiled at install time);
   Gaussian interpolation, 1-D/2-D spans, float32 CPU tensors with weight, positions and sigma of their full
   shapes; chosen automatically where the AVX-512 build runs (rows split over the threads of torch's OpenMP
@@ -18,8 +21,8 @@ Backends of the construction:
 - ``"torch"``: the chunked separable implementation in :mod:`dclszoo.functional` (any device, dtype and
   dimension: the GPU path, the fallback and the twin).
 
-The environment variable ``DCLSZOO_CONSTRUCT_BACKEND=c|numba|torch|auto`` forces one; explicitly requesting
-``c`` or ``numba`` where it cannot run raises instead of falling back.
+The choice is made by the project's one resolver (:mod:`dclszoo.kernels.backend`, ``DCLSZOO_BACKEND``): an
+explicitly requested backend that cannot run raises instead of falling back.
 
 Eager calls take the kernel (forward) and the parameter gradients (backward) from a pool of reusable storages
 (:mod:`dclszoo.kernels._buffers`; ``DCLSZOO_REUSE_BUFFERS=0`` turns it off, ``dclszoo.empty_cache()`` frees it).
@@ -30,12 +33,12 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
-import os
 
 import numpy as np
 import torch
 
 from . import _buffers
+from . import backend as _backend
 from . import _construct_c
 from ._threads import follow_torch as _follow_torch
 
@@ -44,8 +47,8 @@ __all__ = [
     "construct_backward",
 ]
 
-BACKENDS = ("c", "numba", "torch")
-ENV_BACKEND = "DCLSZOO_CONSTRUCT_BACKEND"
+BACKENDS = _backend.OPS["construct"]
+ENV_BACKEND = _backend.ENV
 _GAUSS_TAIL = 40.0  # float32: profile values below exp(-40) of the peak are zero (as in the torch path; the C
 # kernels keep them where their recurrence runs, a change below 4e-18 of the peak: see _construct_c.h)
 _CHUNKS_PER_THREAD = 4
@@ -104,49 +107,41 @@ def c_available() -> bool:
     return _construct_c.available()
 
 
+def _triton_fits(weight, positions, sigma, span, auto: bool) -> str | None:
+    """Why the Triton kernels cannot build this kernel (None if they can)."""
+    if len(span) > 2:
+        return f"span={tuple(span)} has {len(span)} axes (the Triton kernels do 1-D and 2-D)"
+    return _backend.triton_runs_on(weight, positions, sigma, auto=auto)
+
+
 def select_backend(weight, positions, sigma, span, backend: str | None = None) -> str:
-    """The construction backend for these tensors: ``backend`` or ``$DCLSZOO_CONSTRUCT_BACKEND`` or automatic.
+    """The construction backend for these tensors: ``backend``, else ``$DCLSZOO_BACKEND``, else automatic
+    (rules in :mod:`dclszoo.kernels.backend`).
 
     Raises:
-        ValueError: If the requested backend is unknown, or ``c``/``numba`` was requested for tensors it cannot
-            take.
-        ImportError: If ``c`` or ``numba`` was requested and is not installed (built) here.
+        ValueError: If the requested backend is unknown, or cannot run these tensors.
+        ImportError: If the requested backend is not installed (built) here.
     """
-    requested = backend if backend is not None else os.environ.get(ENV_BACKEND, "").strip().lower() or None
-    if requested is None or requested == "auto":
-        fits = _numba_fits(weight, positions, sigma, span) is None
-        numba_ok = fits and numba_available()
-        # the AVX2 build is no faster than numba's AVX2 code (row 4 of bench/, fwd+bwd: 8.8-9.0 vs 8.9-9.8 ms,
-        # Zen 3 code on a Zen 4 host): there the C kernels are only the choice without numba
-        if fits and _c_layout_fits(weight, positions, sigma) is None and c_available() and (
-                _construct_c.lanes() == 16 or not numba_ok):
-            return "c"
-        return "numba" if numba_ok else "torch"
-    if requested not in BACKENDS:
-        raise ValueError(
-            f"construction backend={requested!r} (argument or ${ENV_BACKEND}) is not one of {BACKENDS} or 'auto'."
-        )
-    if requested == "c":
+    def triton(auto):
+        return _triton_fits(weight, positions, sigma, span, auto)
+
+    def c(auto):
         if not c_available():
-            raise ImportError(
-                "the 'c' construction backend was requested but its kernels are not built for this CPU (they need "
-                "an x86-64 CPU with AVX2 and are compiled at install time when a C compiler is found: reinstall "
-                "with one, e.g. pip install -e . in the source tree); "
-                f"set {ENV_BACKEND}=numba, torch or auto."
-            )
+            return ("not built for this CPU (the C kernels need an x86-64 CPU with AVX2 and are compiled at install "
+                    "time when a C compiler is found: reinstall with one, e.g. pip install -e . in the source tree)")
         why = _c_fits(weight, positions, sigma, span)
-        if why is not None:
-            raise ValueError(f"the 'c' construction backend cannot run: {why}; set {ENV_BACKEND}=numba, torch or auto.")
-    if requested == "numba":
+        if why is None and auto and _construct_c.lanes() != 16 and numba(True) is None:
+            # the AVX2 build is no faster than numba's AVX2 code (row 4 of bench/, fwd+bwd: 8.8-9.0 vs 8.9-9.8 ms,
+            # Zen 3 code on a Zen 4 host): there the C kernels are only the choice without numba
+            return "numba's kernels are as fast as the AVX2 build"
+        return why
+
+    def numba(auto):
         if not numba_available():
-            raise ImportError(
-                "the 'numba' construction backend was requested but numba is not installed; "
-                f"pip install 'dclszoo[snn]' (or numba), or set {ENV_BACKEND}=torch."
-            )
-        why = _numba_fits(weight, positions, sigma, span)
-        if why is not None:
-            raise ValueError(f"the 'numba' construction backend cannot run: {why}; set {ENV_BACKEND}=torch or auto.")
-    return requested
+            return "not installed: pip install 'dclszoo[snn]' (or numba)"
+        return _numba_fits(weight, positions, sigma, span)
+
+    return _backend.resolve("construct", (("triton", triton), ("c", c), ("numba", numba)), backend)
 
 
 def _rows(t: torch.Tensor, full: tuple[int, ...], rows: tuple[int, int, int]) -> tuple[np.ndarray, tuple[int, ...]]:

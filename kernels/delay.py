@@ -16,17 +16,17 @@ explicitly requesting a backend that cannot run raises instead of falling back.
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 
+from dclszoo.kernels import backend as _backend
 from dclszoo.kernels._threads import follow_torch as _follow_torch
 from dclszoo.reference import check_delay_args, sparse_delay_reference
 
 __all__ = ["sparse_delay", "sparse_delay_reference", "numba_available", "BACKENDS", "ENV_BACKEND"]
 
-BACKENDS = ("numba", "torch")
-ENV_BACKEND = "DCLSZOO_DELAY_BACKEND"
+BACKENDS = _backend.OPS["delay"]
+ENV_BACKEND = _backend.ENV
 
 # Tile sizes of the numba kernels (rows per block, elements of the T*B row per chunk), picked by measurement
 # on a 2-core AMD EPYC (32 KiB L1d, 1 MiB L2 per core) with bench/delays.py.
@@ -50,26 +50,19 @@ def numba_available() -> bool:
 
 
 def _select_backend(x: torch.Tensor, backend: str | None) -> str:
-    requested = backend if backend is not None else os.environ.get(ENV_BACKEND, "").strip().lower() or None
-    if requested is None or requested == "auto":
-        fits = x.device.type == "cpu" and x.dtype == torch.float32
-        return "numba" if fits and numba_available() else "torch"
-    if requested not in BACKENDS:
-        raise ValueError(
-            f"sparse_delay: backend={requested!r} (argument or ${ENV_BACKEND}) is not one of {BACKENDS} or 'auto'."
-        )
-    if requested == "numba":
+    """The delay backend for ``x``: ``backend``, else ``$DCLSZOO_BACKEND``, else automatic
+    (rules in :mod:`dclszoo.kernels.backend`)."""
+    def triton(auto):
+        return _backend.triton_runs_on(x, auto=auto)
+
+    def numba(auto):
         if not numba_available():
-            raise ImportError(
-                "sparse_delay: the 'numba' backend was requested but numba is not installed; "
-                "pip install 'dclszoo[snn]' (or numba), or use backend='torch'."
-            )
+            return "not installed: numba is not installed; pip install 'dclszoo[snn]' (or numba)"
         if x.device.type != "cpu" or x.dtype != torch.float32:
-            raise ValueError(
-                f"sparse_delay: the 'numba' backend needs float32 CPU tensors, got {x.dtype} on {x.device}; "
-                "use backend='torch' (or leave the choice automatic)."
-            )
-    return requested
+            return f"x is {x.dtype} on {x.device} (the numba kernels need float32 CPU tensors)"
+        return None
+
+    return _backend.resolve("delay", (("triton", triton), ("numba", numba)), backend)
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
