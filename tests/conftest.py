@@ -39,6 +39,16 @@ os.environ.update(
         "no_proxy": "127.0.0.1,localhost",
     }
 )
+# Triton kernels run in Triton's interpreter on CPU tensors where there is no GPU (CI): the variable is read when a
+# kernel is defined (first use of a dclszoo.kernels._*_triton module), so it is set before any test runs.
+try:
+    import torch as _torch
+
+    _HAS_CUDA = _torch.cuda.is_available()
+except Exception:  # noqa: BLE001 - no torch: the suite fails on its own
+    _HAS_CUDA = False
+if not _HAS_CUDA:
+    os.environ["TRITON_INTERPRET"] = "1"
 for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN_PATH"):
     os.environ.pop(_var, None)
 
@@ -49,6 +59,13 @@ import pytest  # noqa: E402
 def local_hub() -> LocalHub:
     """The session's local Hub (``.url``, ``.repos``, ``.requests``, ``.reset()``)."""
     return _HUB
+
+
+@pytest.fixture(scope="session")
+def triton_device() -> str:
+    """Where the Triton kernel tests run: the GPU when there is one, else the CPU (Triton's interpreter)."""
+    import triton  # noqa: F401  (the 'all' extra installs it: a missing triton fails these tests, it does not skip)
+    return "cuda" if _HAS_CUDA else "cpu"
 
 
 @pytest.fixture(scope="session")
