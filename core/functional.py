@@ -7,8 +7,9 @@ products and has a hand-written backward that recomputes the profiles, so neithe
 done in chunks of (out, in) rows whose temporaries stay a small fraction of the dense kernel's own size, with
 in-place arithmetic so that each chunk holds at most two profile-sized tensors (:mod:`dclszoo._construct`).
 
-On CPU, float32 1-D and 2-D constructions run in fused C or numba kernels instead (:mod:`dclszoo.kernels.construct`,
-``DCLSZOO_CONSTRUCT_BACKEND=c|numba|torch|auto``); the torch code below is their twin and the fallback.
+1-D and 2-D constructions run in fused kernels instead (:mod:`dclszoo.kernels.construct`): Triton on CUDA tensors,
+C or numba for float32 on CPU (``DCLSZOO_BACKEND``, :mod:`dclszoo.kernels.backend`); the torch code below is their
+twin and the fallback.
 
 Gaussian profile values below ``exp(-25)`` (float32; ``exp(-200)`` in float64) of the peak are set to zero: far
 below the float precision of the result, and it keeps denormal numbers (very slow on CPUs) out of the products.
@@ -90,14 +91,16 @@ class _DclsKernel(torch.autograd.Function):
     """Autograd op building the dense kernel; backward recomputes per-axis profiles chunk by chunk."""
 
     @staticmethod
-    def forward(ctx, weight, positions, sigma, span, interpolation, bounds, sigma_floor):
+    def forward(ctx, weight, positions, sigma, span, interpolation, bounds, sigma_floor, backend):
         ctx.save_for_backward(weight, positions, sigma)
         ctx.span, ctx.interpolation, ctx.bounds, ctx.sigma_floor = span, interpolation, bounds, sigma_floor
-        ctx.backend = _fused.select_backend(weight, positions, sigma if interpolation == "gauss" else None, span)
-        if ctx.backend in ("c", "numba"):  # fused CPU kernels (dclszoo.kernels.construct)
+        ctx.backend = _fused.select_backend(weight, positions, sigma if interpolation == "gauss" else None, span,
+                                            backend)
+        if ctx.backend != "torch":  # fused kernels (dclszoo.kernels.construct): float32 out
             s = sigma if interpolation == "gauss" else None
-            return _fused.construct_forward(weight, positions, s, span, interpolation, bounds, sigma_floor,
-                                            ctx.backend)
+            out = _fused.construct_forward(weight, positions, s, span, interpolation, bounds, sigma_floor,
+                                           ctx.backend)
+            return out if out.dtype == weight.dtype else out.to(weight.dtype)
         ndim = positions.shape[0]
         o, i, k = weight.shape
         shape4 = (ndim, o, i, k)
@@ -127,13 +130,15 @@ class _DclsKernel(torch.autograd.Function):
     def backward(ctx, grad):
         weight, positions, sigma = ctx.saved_tensors
         span, interpolation, bounds, sigma_floor = ctx.span, ctx.interpolation, ctx.bounds, ctx.sigma_floor
-        if ctx.backend in ("c", "numba"):
+        if ctx.backend != "torch":
             s = sigma if interpolation == "gauss" else None
             grads = _fused.construct_backward(
                 grad, weight, positions, s, span, interpolation, bounds, sigma_floor, ctx.needs_input_grad[:3],
                 ctx.backend,
             )
-            return grads + (None, None, None, None)
+            grads = tuple(g if g is None or g.dtype == t.dtype else g.to(t.dtype)
+                          for g, t in zip(grads, (weight, positions, sigma)))
+            return grads + (None, None, None, None, None)
         ndim = positions.shape[0]
         o, i, k = weight.shape
         shape4, rows = (ndim, o, i, k), o * i
@@ -164,7 +169,7 @@ class _DclsKernel(torch.autograd.Function):
             del prof
         gw = gw.view(o, i, k).to(weight.dtype) if gw is not None else None
         gp = gp.view(shape4).to(positions.dtype) if gp is not None else None
-        return gw, gp, (gs.result() if gs is not None else None), None, None, None, None
+        return gw, gp, (gs.result() if gs is not None else None), None, None, None, None, None
 
 
 def _check_op_args(weight, positions, sigma, span, interpolation):
@@ -196,6 +201,7 @@ def dcls_kernel(
     *,
     position_bounds: tuple[Sequence[float], Sequence[float]] | None = None,
     sigma_floor: float | None = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     """Build the dense DCLS kernel ``[O, I/g, *span]`` from taps, without a ``prod(span)``-per-tap tensor.
 
@@ -215,6 +221,8 @@ def dcls_kernel(
             costs no position-sized temporary (unlike clamping before the call).
         sigma_floor: Optional: use ``max(|sigma|, sigma_floor)`` as the std (gradient of ``abs`` and of the
             floor applied), again without a sigma-sized temporary.
+        backend: ``'triton'``, ``'c'``, ``'numba'``, ``'torch'`` or ``'auto'``; None: ``$DCLSZOO_BACKEND``, else
+            automatic (:mod:`dclszoo.kernels.backend`).
 
     Returns:
         Dense kernel ``[O, I/g, *span]`` in ``weight``'s dtype.
@@ -236,7 +244,7 @@ def dcls_kernel(
             sigma = torch.tensor(float(sigma), device=positions.device, dtype=positions.dtype)
     else:
         sigma = positions.new_zeros(())
-    return _DclsKernel.apply(weight, positions, sigma, span, interpolation, position_bounds, sigma_floor)
+    return _DclsKernel.apply(weight, positions, sigma, span, interpolation, position_bounds, sigma_floor, backend)
 
 
 def dcls_conv(

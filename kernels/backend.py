@@ -30,7 +30,6 @@ automatic choice never takes Triton for CPU tensors.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 from typing import Callable, Iterable
@@ -140,10 +139,12 @@ def resolve(op: str, checks: Iterable[tuple[str, Check]], backend: str | None = 
     raise ValueError(message)
 
 
-@functools.lru_cache(maxsize=1)
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None  # found without importing it
+
+
 def triton_available() -> bool:
-    """Whether triton is importable (it is imported only when a Triton kernel is first used)."""
-    return importlib.util.find_spec("triton") is not None
+    """Whether triton is installed (it is imported only when a Triton kernel is first used)."""
+    return _TRITON_INSTALLED
 
 
 def triton_interpreted() -> bool:

@@ -64,6 +64,14 @@ def _kernels():
     return _construct_numba
 
 
+@functools.lru_cache(maxsize=1)
+def _triton():
+    """The Triton kernels (imported, hence triton imported and the kernels defined, at their first use)."""
+    from . import _construct_triton
+
+    return _construct_triton
+
+
 _NUMBA_INSTALLED = importlib.util.find_spec("numba") is not None  # found without importing it
 
 
@@ -212,6 +220,8 @@ def _fresh(numel: int) -> torch.Tensor:
 def _forward(weight, positions, sigma, span, gauss, bounds, sigma_floor, backend, alloc) -> torch.Tensor:
     """The forward kernel call; ``alloc(numel)`` gives the flat float32 output (fresh or pooled)."""
     span = tuple(span)
+    if backend == "triton":
+        return _triton().forward(weight, positions, sigma, span, gauss, _bounds_pair(bounds, len(span)), sigma_floor)
     rows, k = weight.shape[0] * weight.shape[1], weight.shape[2]
     out = alloc(rows * math.prod(span))
     if not (rows and k):
@@ -235,7 +245,7 @@ def _forward_impl(
 # The kernel calls are also custom ops, which torch.compile treats as opaque (it cannot trace numba or C); eager
 # calls skip the dispatcher and take their large outputs from the buffer pool (dclszoo.kernels._buffers), the
 # custom ops allocate fresh ones (compiled graphs plan their own buffers).
-_forward_op = torch.library.custom_op("dclszoo::construct_forward_cpu", mutates_args=())(_forward_impl)
+_forward_op = torch.library.custom_op("dclszoo::construct_forward", mutates_args=())(_forward_impl)
 
 
 @_forward_op.register_fake
@@ -250,7 +260,12 @@ def _backward(grad, weight, positions, sigma, span, gauss, bounds, sigma_floor, 
     span = tuple(span)
     need_s = need_s and gauss
     f32 = dict(dtype=torch.float32)
-    empty = torch.empty(0, **f32)
+    empty = torch.empty(0, device=weight.device, **f32)
+    if backend == "triton":
+        gw, gp, gs = _triton().backward(grad, weight, positions, sigma, span, gauss, _bounds_pair(bounds, len(span)),
+                                        sigma_floor, need_w, need_p, need_s)
+        return (empty if gw is None else gw, empty.clone() if gp is None else gp,
+                empty.clone() if gs is None else gs)
     if backend == "c":
         gw, gp, gs = _backward_c(grad, weight, positions, sigma, span, bounds, sigma_floor, need_w, need_p, need_s,
                                  alloc)
@@ -316,7 +331,7 @@ def _backward_impl(
                      _fresh)
 
 
-_backward_op = torch.library.custom_op("dclszoo::construct_backward_cpu", mutates_args=())(_backward_impl)
+_backward_op = torch.library.custom_op("dclszoo::construct_backward", mutates_args=())(_backward_impl)
 
 
 @_backward_op.register_fake

@@ -1,10 +1,11 @@
-"""The fused kernels of the DCLS kernel construction (``dclszoo.kernels.construct``: numba, and C where it is built)
-against the plain formula.
+"""The fused kernels of the DCLS kernel construction (``dclszoo.kernels.construct``: Triton, numba, and C where it is
+built) against the plain formula.
 
 The oracle is ``dclszoo.reference.dcls_kernel_reference`` in float64 with ordinary autograd; the fused clamp and
 sigma floor are checked against the same formula applied to ``p + (clamp(p) - p).detach()`` (straight-through)
-and ``|sigma|.clamp_min(floor)``. The kernels run in float32, hence the tolerances. Every case runs on the numba
-kernels and, where they take it (Gaussian, sigma of the full shape), on the C kernels of this CPU.
+and ``|sigma|.clamp_min(floor)``. The kernels run in float32, hence the tolerances. Every case runs on the Triton
+kernels (on the CPU in Triton's interpreter where there is no GPU: tests/conftest.py sets ``TRITON_INTERPRET=1``), on
+the numba kernels and, where they take it (Gaussian, sigma of the full shape), on the C kernels of this CPU.
 """
 
 from __future__ import annotations
@@ -85,10 +86,11 @@ def _close(actual, expected, what, rtol=2e-4, atol=2e-5):
 
 
 def _fast_backends(s, interpolation, positions):
-    """The fused backends that take these tensors: numba always, and each C variant this CPU runs where the case is
-    the C kernels' own (Gaussian, sigma of the full shape)."""
+    """The fused backends that take these tensors: Triton and numba always, and each C variant this CPU runs where
+    the case is the C kernels' own (Gaussian, sigma of the full shape)."""
     c_case = interpolation == "gauss" and tuple(s.shape) == tuple(positions.shape) and len(positions) <= 2
-    return [("numba", None)] + ([("c", v) for v in _construct_c.runnable_variants()] if c_case else [])
+    return [("triton", None), ("numba", None)] + ([("c", v) for v in _construct_c.runnable_variants()] if c_case
+                                                  else [])
 
 
 def _check(w, p, s, span, interpolation, seed=1, bounds=None, sigma_floor=None, monkeypatch=None):
@@ -191,7 +193,7 @@ def test_only_some_gradients_and_non_contiguous_upstream(monkeypatch):
             k.sum().backward()  # upstream gradient: an expanded (zero-stride) tensor
         assert w.grad is None and s.grad is None
         _close(pb.grad, p_ref.grad, f"grad positions ({variant or backend})")
-    assert len(_fast_backends(s, "gauss", p)) == 1 + len(_construct_c.runnable_variants())
+    assert len(_fast_backends(s, "gauss", p)) == 2 + len(_construct_c.runnable_variants())
 
 
 # ------------------------------------------------------------------------------------------ properties
