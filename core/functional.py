@@ -24,12 +24,14 @@ import torch
 import torch.nn.functional as F
 
 from dclszoo.kernels import _buffers
+from dclszoo.kernels import backend as _backend
 from dclszoo.kernels import construct as _fused
+from dclszoo.kernels import dwconv as _dwconv
 
 from . import _construct as C
 from .reference import dcls_kernel_reference
 
-__all__ = ["dcls_kernel", "dcls_kernel_reference", "dcls_conv", "empty_cache", "INTERPOLATIONS"]
+__all__ = ["dcls_kernel", "dcls_kernel_reference", "dcls_conv", "conv_with_kernel", "empty_cache", "INTERPOLATIONS"]
 
 INTERPOLATIONS = ("gauss", "bilinear")
 
@@ -259,11 +261,52 @@ def dcls_conv(
     dilation=1,
     groups: int = 1,
     interpolation: str = "gauss",
+    *,
+    backend: str | None = None,
 ) -> torch.Tensor:
-    """DCLS convolution: :func:`dcls_kernel` followed by the ordinary ``conv{1,2,3}d`` with it."""
-    kernel = dcls_kernel(weight, positions, sigma, span, interpolation)
-    conv = (F.conv1d, F.conv2d, F.conv3d)[len(span) - 1]
-    return conv(input, kernel.to(input.dtype), bias, stride, padding, dilation, groups)
+    """DCLS convolution: :func:`dcls_kernel` followed by :func:`conv_with_kernel`.
+
+    ``backend`` (or ``$DCLSZOO_BACKEND``) applies to both steps where they have it (:mod:`dclszoo.kernels.backend`).
+    """
+    kernel = dcls_kernel(weight, positions, sigma, span, interpolation, backend=backend)
+    return conv_with_kernel(input, kernel, bias, stride, padding, dilation, groups, backend=backend)
+
+
+def _axes(value, ndim: int) -> tuple[int, ...]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (int(value),) * ndim
+
+
+def conv_with_kernel(
+    input: torch.Tensor,
+    kernel: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """The convolution step of a DCLS layer (zero padding): the ``dwconv`` op's Triton kernels for depthwise,
+    stride-1, 1-D/2-D convolutions on CUDA (:mod:`dclszoo.kernels.dwconv`), else ``F.conv{1,2,3}d`` (cuDNN on GPUs)
+    with the kernel cast to the input's dtype. Under ``torch.autocast`` the input is cast as autocast casts a
+    convolution's input.
+    """
+    ndim = kernel.dim() - 2
+    if ndim <= 2 and kernel.shape[1] == 1 and groups == kernel.shape[0] and input.dim() >= ndim + 1:
+        batched = input.dim() == ndim + 2
+        x = input if batched else input.unsqueeze(0)
+        if torch.is_autocast_enabled(x.device.type) and x.is_floating_point():
+            x = x.to(torch.get_autocast_dtype(x.device.type))
+        stride_, dilation_ = _axes(stride, ndim), _axes(dilation, ndim)
+        choice = _dwconv.select_backend(x, kernel.shape, groups, stride_, dilation_, "zeros",
+                                        _backend.for_op("dwconv", backend))
+        if choice == "triton":
+            y = _dwconv.depthwise_conv(x, kernel, bias, padding, backend="triton")
+            return y if batched else y.squeeze(0)
+    conv = (F.conv1d, F.conv2d, F.conv3d)[ndim - 1]
+    return conv(input, kernel.to(input.dtype), None if bias is None else bias.to(input.dtype), stride, padding,
+                dilation, groups)
 
 
 def empty_cache() -> None:

@@ -34,7 +34,7 @@ import importlib.util
 import os
 from typing import Callable, Iterable
 
-__all__ = ["ENV", "BACKENDS", "OPS", "requested", "resolve", "triton_available", "triton_runs_on"]
+__all__ = ["ENV", "BACKENDS", "OPS", "for_op", "requested", "resolve", "triton_available", "triton_runs_on"]
 
 ENV = "DCLSZOO_BACKEND"
 BACKENDS = ("triton", "c", "numba", "torch")
@@ -101,6 +101,15 @@ def requested(op: str, backend: str | None = None) -> str | None:
     if name not in OPS[op]:  # a single name that this op does not have: choose automatically
         return None
     return name
+
+
+def for_op(op: str, backend: str | None) -> str | None:
+    """A per-call request given to a function that runs several ops, as ``op`` sees it: the name if ``op`` has
+    that backend, else None (automatic), as for a single name in ``$DCLSZOO_BACKEND``."""
+    if backend is None:
+        return None
+    name = str(backend).strip().lower()
+    return name if name in OPS[op] else None
 
 
 def resolve(op: str, checks: Iterable[tuple[str, Check]], backend: str | None = None) -> str:

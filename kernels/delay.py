@@ -2,15 +2,20 @@
 
 Each synapse ``(o, i)`` has ``J`` taps, each an integer delay (``offsets``) and a weight (``coeff``); a
 Gaussian or bilinear delay of a few taps, or an integer delay (``J = 1``), is a sparse kernel whose cost is
-that of a Linear layer times ``J``, whatever ``max_delay`` is. Two backends compute it:
+that of a Linear layer times ``J``, whatever ``max_delay`` is. Three backends compute it:
 
+- ``"triton"``: GPU kernels (:mod:`dclszoo.kernels._delay_triton`), any floating dtype (accumulated in
+  float32, float64 for float64); chosen automatically for CUDA tensors when triton is installed
+  (``pip install dclszoo[triton]``). CPU tensors only on explicit request and with ``TRITON_INTERPRET=1``
+  (Triton's interpreter: slow, for tests).
 - ``"numba"``: tiled CPU kernels (:mod:`dclszoo.kernels._delay_numba`), float32 CPU tensors only; chosen
   automatically when numba is installed (``pip install dclszoo[snn]``).
 - ``"torch"``: :func:`dclszoo.reference.sparse_delay_reference`, one dense matmul per distinct offset; any
-  device and dtype (the GPU path, the fallback and the test oracle).
+  device and dtype (the fallback and the test oracle).
 
-The environment variable ``DCLSZOO_DELAY_BACKEND=numba|torch`` (or the ``backend`` argument) forces one;
-explicitly requesting a backend that cannot run raises instead of falling back.
+The choice is made by the project's one resolver (:mod:`dclszoo.kernels.backend`): the ``backend`` argument,
+else ``DCLSZOO_BACKEND`` (e.g. ``DCLSZOO_BACKEND=delay=torch``), else automatic. Explicitly requesting a
+backend that cannot run raises instead of falling back.
 """
 
 from __future__ import annotations
@@ -42,6 +47,14 @@ def _numba_kernels():
     except ImportError:
         return None
     return _delay_numba
+
+
+@functools.lru_cache(maxsize=1)
+def _triton_kernels():
+    """Import (and thereby define) the Triton kernels; called only once the backend is known to run."""
+    from . import _delay_triton
+
+    return _delay_triton
 
 
 def numba_available() -> bool:
@@ -122,17 +135,22 @@ def sparse_delay(
         x: Input, time-major ``[T, B, I]``.
         coeff: Tap weights ``[O, I, J]``, same dtype as ``x``.
         offsets: Integer delays in time steps ``[O, I, J]``, ``>= 0`` (not differentiable).
-        backend: ``"numba"``, ``"torch"`` or None/``"auto"`` (default: ``$DCLSZOO_DELAY_BACKEND``, else numba
-            for float32 CPU tensors when installed, else torch).
+        backend: ``"triton"``, ``"numba"``, ``"torch"`` or None/``"auto"`` (default: ``$DCLSZOO_BACKEND``,
+            else triton for CUDA tensors, numba for float32 CPU tensors when installed, else torch).
 
     Returns:
         ``y [T, B, O]``, differentiable w.r.t. ``x`` and ``coeff``.
 
     Raises:
         ValueError, TypeError: On mismatched shapes, dtypes or devices, negative or non-integer offsets.
-        ImportError: If ``backend="numba"`` is requested and numba is not installed.
+        ValueError: If the requested backend cannot take these tensors (e.g. ``"triton"`` on CPU tensors
+            without ``TRITON_INTERPRET=1``); the message says why.
+        ImportError: If ``backend="numba"`` or ``"triton"`` is requested and not installed.
     """
     check_delay_args(x, coeff, offsets)
-    if _select_backend(x, backend) == "torch":
+    chosen = _select_backend(x, backend)
+    if chosen == "torch":
         return sparse_delay_reference(x, coeff, offsets)
+    if chosen == "triton":
+        return _triton_kernels().SparseDelayTriton.apply(x, coeff, offsets)
     return _SparseDelayNumba.apply(x, coeff, offsets)

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..functional import INTERPOLATIONS, dcls_kernel
+from ..functional import INTERPOLATIONS, conv_with_kernel, dcls_kernel
 from ._args import _check_channels, _tuple
 from ._clamp import _LIVE_MODULES, _grid_bounds, _install_step_hook, _straight_through_clamp  # noqa: F401
 
@@ -93,6 +93,11 @@ class DclsConvNd(nn.Module):
         _LIVE_MODULES.add(self)
         _install_step_hook()
 
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_kernel_cache", None)  # a copy builds its own
+        return state
+
     def __setstate__(self, state) -> None:
         # copy.deepcopy and pickle rebuild the module without __init__: register it for the step clamp too.
         super().__setstate__(state)
@@ -165,7 +170,38 @@ class DclsConvNd(nn.Module):
         return self.sigma.abs().clamp_min(SIGMA_FLOOR)
 
     def kernel(self) -> torch.Tensor:
-        """The dense kernel ``[O, I/g, *span]`` this module convolves with."""
+        """The dense kernel ``[O, I/g, *span]`` this module convolves with.
+
+        In ``eval()`` mode without gradients the kernel is built once and reused until a parameter changes: the
+        cache is keyed on the parameters' storages and version counters (bumped by optimizer steps,
+        ``load_state_dict``, ``.to()`` and any in-place update), and dropped by ``train()``. Writing through
+        ``param.data`` bypasses version counters: call :meth:`clear_kernel_cache` after such edits.
+        """
+        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
+            self.__dict__.pop("_kernel_cache", None)
+            return self._build_kernel()
+        key = self._kernel_key()
+        cached = self.__dict__.get("_kernel_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        kernel = self._build_kernel()
+        self.__dict__["_kernel_cache"] = (key, kernel)
+        return kernel
+
+    def _kernel_key(self) -> tuple:
+        tensors = (self.weight, self.positions, self.sigma)
+        state = tuple((t.data_ptr(), t._version, t.device, t.dtype, tuple(t.shape)) for t in tensors if t is not None)
+        return state + (self.position_bounds, self.interpolation, self.span)
+
+    def clear_kernel_cache(self) -> None:
+        """Drop the cached inference kernel (needed only after writing parameters through ``.data``)."""
+        self.__dict__.pop("_kernel_cache", None)
+
+    def train(self, mode: bool = True) -> "DclsConvNd":
+        self.__dict__.pop("_kernel_cache", None)
+        return super().train(mode)
+
+    def _build_kernel(self) -> torch.Tensor:
         # The clamp and the |sigma| floor are fused into the op (same values and gradients as
         # effective_positions() / effective_sigma(), without their parameter-sized temporaries).
         return dcls_kernel(
@@ -203,13 +239,13 @@ class DclsConvNd(nn.Module):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         self._check_input(input)
-        kernel = self.kernel().to(input.dtype)
-        bias = None if self.bias is None else self.bias.to(input.dtype)
-        conv = (F.conv1d, F.conv2d, F.conv3d)[self._ndim - 1]
+        kernel = self.kernel()
         if self.padding_mode != "zeros":
+            conv = (F.conv1d, F.conv2d, F.conv3d)[self._ndim - 1]
             input = F.pad(input, self._explicit_padding(), mode=self.padding_mode)
-            return conv(input, kernel, bias, self.stride, 0, self.dilation, self.groups)
-        return conv(input, kernel, bias, self.stride, self.padding, self.dilation, self.groups)
+            bias = None if self.bias is None else self.bias.to(input.dtype)
+            return conv(input, kernel.to(input.dtype), bias, self.stride, 0, self.dilation, self.groups)
+        return conv_with_kernel(input, kernel, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     # ----------------------------------------------------------------- checks and export
     def validate(self) -> None:
