@@ -6,6 +6,7 @@ test accuracies and the median per variant as a markdown table.
 
     python bench/timing_task.py                 # 3 seeds, the table in docs/timing_task.md
     python bench/timing_task.py --seeds 1 --epochs 10   # quick look
+    python bench/timing_task.py --device cuda   # the same on a GPU (Triton delay kernels where the path is sparse)
 """
 
 from __future__ import annotations
@@ -57,15 +58,15 @@ def evaluate(net: Net, x: torch.Tensor, y: torch.Tensor) -> float:
 def run(variant: str, seed: int, args) -> float:
     task = TimingTask(channels=args.channels, classes=args.classes, spacing=args.spacing, steps=args.steps,
                       noise=args.noise, pattern_seed=seed)
-    xtr, ytr = task.sample(args.train, seed=1000 + seed)
-    xte, yte = task.sample(args.test, seed=2000 + seed)
+    xtr, ytr = (t.to(args.device) for t in task.sample(args.train, seed=1000 + seed))
+    xte, yte = (t.to(args.device) for t in task.sample(args.test, seed=2000 + seed))
     torch.manual_seed(seed)
-    net = Net(task, args.hidden, variant, args.path)
+    net = Net(task, args.hidden, variant, args.path).to(args.device)
     opt = torch.optim.Adam(delay_param_groups(net, lr=args.lr, delay_lr=args.delay_lr))
     batches = (args.train + args.batch - 1) // args.batch
     sched = SigmaSchedule(net, args.epochs, decay_fraction=0.5, hard_fraction=0.2) if variant == "learned delays" else None
     for _ in range(args.epochs):
-        perm = torch.randperm(args.train)
+        perm = torch.randperm(args.train).to(args.device)
         for b in range(batches):
             idx = perm[b * args.batch:(b + 1) * args.batch]
             functional.reset_net(net)
@@ -95,6 +96,7 @@ def main() -> None:
     p.add_argument("--delay-lr", type=float, default=1.0)
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--path", default="dense", help="delay path; the layers are tiny, so the dense conv is fastest")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the networks and data are moved there)")
     args = p.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     rows = []
@@ -105,7 +107,7 @@ def main() -> None:
             print(f"{variant:>20s} seed {seed}: test accuracy {accs[-1]:.3f}", flush=True)
         rows.append((variant, accs, (time.perf_counter() - t0) / args.seeds))
     print(f"\nchance = {1 / args.classes:.3f}\n")
-    print("| variant | test accuracy per seed | median | CPU time per run |")
+    print(f"| variant | test accuracy per seed | median | {args.device.upper()} time per run |")
     print("|---|---|---|---|")
     for variant, accs, secs in rows:
         per = ", ".join(f"{a:.3f}" for a in accs)
