@@ -13,9 +13,9 @@ the kernel's area (../shared/CONTEXT.md §8: 5.5x the 7x7's time at 17x17). Here
 with ``xi`` running over the ``BX + SX - 1`` input columns the block needs, in ``NCH`` chunks of ``BK``. Rows
 ``(n, yo)`` of the batch and the image are the matrix rows (``BM`` per program). Per kernel row, a program loads
 its ``[BM, BK]`` input tiles (each input value once per chunk) and builds ``T`` from the kernel row (``BK * BX``
-reads of a row that sits in L1), then one ``tl.dot`` per chunk. Per output that is ``~(BM*BK + BK*BX) * NCH /
-(BM * BX)`` reads per kernel row (BM=64, BX=64, BK=32, SX=17: 2.3, i.e. ~40 for the 17 x 17 kernel instead of 289)
-and ``2 * BK * NCH`` tensor-core FLOPs, whatever the number of taps or their interpolation.
+reads of a row that sits in L1), then one ``tl.dot`` per chunk. Per output that is ``(BM*BK + BK*BX) * NCH /
+(BM * BX)`` reads per kernel row (BM=64, BX=64, BK=16, NCH=5, SX=17: 2.5, i.e. ~42 for the 17 x 17 kernel instead
+of 289) and ``2 * BK * NCH`` tensor-core FLOPs, whatever the number of taps or their interpolation.
 
 Backward: the input gradient is the same kernel on the output gradient with the kernel flipped (padding
 ``S - 1 - p``); the kernel gradient ``dK[c, ky, kx] = sum x[.., yo + ky - pt, xo + kx - pl] * dy[.., yo, xo]`` is
@@ -126,11 +126,12 @@ def _pow2(n: int) -> int:
 
 def blocks(width_out: int, span_x: int, rows: int) -> dict:
     """Tile sizes for ``width_out`` output columns, a kernel ``span_x`` wide and ``rows`` matrix rows: ``BX``
-    output columns (16-64), ``BK`` input columns per chunk, ``NCH`` chunks covering the ``BX + SX - 1`` inputs,
-    ``BM`` rows (tl.dot needs every dimension >= 16)."""
+    output columns (16-64), ``BK`` input columns per chunk and ``NCH`` chunks covering the ``BX + SX - 1`` inputs
+    with the least padding (ties: fewer, larger chunks), ``BM`` rows (tl.dot needs every dimension >= 16)."""
     bx = min(64, max(16, _pow2(width_out)))
-    bk = 32 if bx >= 32 else 16
-    nch = -(-(bx + span_x - 1) // bk)
+    need = bx + span_x - 1
+    bk = min((64, 32, 16), key=lambda k: (-(-need // k) * k, -k))
+    nch = -(-need // bk)
     bm = min(64, max(16, _pow2(rows)))
     return dict(BM=bm, BX=bx, BK=bk, NCH=nch)
 
