@@ -101,7 +101,7 @@ def backend_of(module: nn.Module) -> str:
 
 
 def with_backend(backend: str, fn: Callable[[], object]) -> Callable[[], object]:
-    """``fn`` run with ``$DCLSZOO_CONSTRUCT_BACKEND=backend`` (restored afterwards)."""
+    """``fn`` run with ``$DCLSZOO_BACKEND=backend`` (restored afterwards)."""
     from dclszoo.kernels.construct import ENV_BACKEND
 
     def run():

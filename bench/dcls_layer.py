@@ -11,8 +11,8 @@ and the dense conv run in the same round, so the host's drift over the run cance
 
 Backend: on CPU in float32 the construction runs in the fused kernels chosen by ``dclszoo.kernels.construct``
 (the C kernels where they are built, for these Gaussian rows; the warm-up call loads them or compiles numba's);
-the column "dclszoo (numba)" is the same module with ``DCLSZOO_CONSTRUCT_BACKEND=numba``, timed in the same
-rounds. ``DCLSZOO_CONSTRUCT_BACKEND=torch`` measures the pure-torch twin instead.
+the column "dclszoo (numba)" is the same module with ``DCLSZOO_BACKEND=numba``, timed in the same
+rounds. ``DCLSZOO_BACKEND=torch`` measures the pure-torch twin instead.
 """
 
 from __future__ import annotations

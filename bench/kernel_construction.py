@@ -8,8 +8,8 @@ P, SIG)``. The dense conv of the span has nothing to build: its forward+backward
 
 Backend: on CPU in float32 the construction runs in the fused kernels chosen by ``dclszoo.kernels.construct``
 (the C kernels where they are built, for these Gaussian rows; the warm-up call loads them or compiles numba's); the
-column "op (numba)" is the same op with ``DCLSZOO_CONSTRUCT_BACKEND=numba``, timed in the same rounds.
-``DCLSZOO_CONSTRUCT_BACKEND=torch`` measures the pure-torch twin instead.
+column "op (numba)" is the same op with ``DCLSZOO_BACKEND=numba``, timed in the same rounds.
+``DCLSZOO_BACKEND=torch`` measures the pure-torch twin instead.
 
 Protocol: parameter gradients are ``None`` before each call; ``k = build(); k.backward(g)`` with ``g`` allocated
 beforehand. Timings: medians over rounds interleaving the op, ``kernel()`` and the dense conv in a random order

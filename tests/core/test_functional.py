@@ -244,7 +244,7 @@ def test_bad_fused_arguments():
 @pytest.mark.parametrize("span", [(13,), (6, 7), (3, 4, 5)])
 @pytest.mark.parametrize("sigma_shape", ["full", "axis"])
 def test_chunking_gives_identical_results(span, interpolation, sigma_shape, monkeypatch):
-    monkeypatch.setenv("DCLSZOO_CONSTRUCT_BACKEND", "torch")  # the chunking is the torch path's (float32 -> numba)
+    monkeypatch.setenv("DCLSZOO_BACKEND", "torch")  # the chunking is the torch path's (float32 -> numba)
     w, p, s = _taps(9, 7, 5, span, dtype=torch.float32, seed=5, sigma_shape=sigma_shape)
     (k1, g1), _ = _both(w, p, s, span, interpolation)
     monkeypatch.setattr(fn, "_MIN_CHUNK_ELEMENTS", 1)

@@ -2,7 +2,7 @@
 
 A pooled storage may be handed out again only when nothing references it: every test keeps a result (a kernel,
 a kernel saved by autograd, a ``.grad``) alive across a later call and checks it is intact, and checks the values
-of the later call against the pure-torch construction (``DCLSZOO_CONSTRUCT_BACKEND=torch``).
+of the later call against the pure-torch construction (``DCLSZOO_BACKEND=torch``).
 """
 
 from __future__ import annotations
