@@ -138,7 +138,7 @@ def blocks(width_out: int, span_x: int, rows: int) -> dict:
 
 def _precision(dtype: torch.dtype) -> str:
     if dtype != torch.float32:
-        return "ieee"  # bf16 / fp16 products are exact in the fp32 accumulator
+        return "tf32"  # Triton's default (only fp32 operands are affected): bf16 / fp16 products are exact in fp32
     return "tf32" if torch.backends.cudnn.allow_tf32 and not _INTERPRETED else "ieee"
 
 

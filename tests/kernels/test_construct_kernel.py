@@ -369,3 +369,24 @@ def test_custom_ops_for_torch_compile(monkeypatch):
         _close(k.detach(), k_ref, f"kernel (compiled, {what})")
         for name, leaf, want in zip(("weight", "positions", "sigma"), leaves, grads_ref):
             _close(leaf.grad, want, f"grad {name} (compiled, {what})")
+
+
+@pytest.mark.parametrize("interpolation", ["gauss", "bilinear"])
+def test_triton_takes_bfloat16_parameters(interpolation, triton_device):
+    """Parameters in bfloat16: the Triton kernels compute in float32 and return the parameters' dtype."""
+    w, p, s = _taps(6, 3, 4, (7, 5), seed=21)
+    leaves = [t.bfloat16().to(triton_device).requires_grad_(True) for t in (w, p, s)]
+    sig = leaves[2] if interpolation == "gauss" else None
+    k = dcls_kernel(leaves[0], leaves[1], sig, (7, 5), interpolation, backend="triton")
+    assert k.dtype == torch.bfloat16
+    g = torch.randn(k.shape, generator=torch.Generator().manual_seed(2))
+    k.backward(g.bfloat16().to(triton_device))
+    ref = [t.bfloat16().double().requires_grad_(True) for t in (w, p, s)]
+    k_ref = dcls_kernel_reference(ref[0], ref[1], ref[2] if interpolation == "gauss" else None, (7, 5), interpolation)
+    k_ref.backward(g.bfloat16().double())
+    _close(k.float().cpu(), k_ref.detach(), "kernel (bf16)", rtol=1e-2, atol=1e-2)
+    for name, got, want in zip(("weight", "positions", "sigma"), leaves, ref):
+        if want.grad is None:
+            continue
+        assert got.grad.dtype == torch.bfloat16
+        _close(got.grad.float().cpu(), want.grad, f"grad {name} (bf16)", rtol=2e-2, atol=2e-2)

@@ -191,3 +191,19 @@ def test_custom_ops_and_torch_compile(triton_device):
     _close(y.detach().cpu(), y_ref.detach(), "compiled output", torch.float32)
     for leaf, want in zip(leaves, ref):
         _close(leaf.grad.cpu(), want.grad, "compiled grad", torch.float32)
+
+
+def test_compiled_dcls_layer_on_triton(triton_device, monkeypatch):
+    """torch.compile of a whole depthwise DCLS layer on the Triton path (construction and convolution custom ops)."""
+    tri, ref = _layers(dclszoo.DclsConv2d, 3, 4, 5, "gauss", seed=6, device=triton_device)
+    x = torch.randn(2, 3, 7, 9)
+    monkeypatch.setenv(kb.ENV, "triton")
+    torch._dynamo.reset()
+    y = torch.compile(tri, backend="aot_eager")(x.to(triton_device))
+    y.square().sum().backward()
+    monkeypatch.setenv(kb.ENV, "torch")
+    y_ref = ref(x)
+    y_ref.square().sum().backward()
+    _close(y.detach().cpu(), y_ref.detach().double(), "compiled output", torch.float32)
+    for name, p in ref.named_parameters():
+        _close(dict(tri.named_parameters())[name].grad.cpu(), p.grad.double(), f"compiled grad {name}", torch.float32)
