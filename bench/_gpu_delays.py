@@ -32,8 +32,9 @@ import torch.nn.functional as F
 N_IN, N_OUT, BATCH = 700, 256, 32
 CASES = ((25, 100), (100, 100), (250, 300))  # (max_delay, T)
 SIGMA_NARROW = 0.5
+COLUMNS = ("linear", "dcls", "int", "narrow", "wide")
 
-__all__ = ["delay_rows", "CASES"]
+__all__ = ["delay_rows", "CASES", "COLUMNS"]
 
 
 def _time_ms(fn: Callable[[], None], reps: int, warmup: int) -> float:
@@ -87,9 +88,10 @@ def delay_rows(device: str = "cuda", dtype: torch.dtype = torch.float32, reps: i
                warmup: int = 3) -> list[dict]:
     """One dict per ``(max_delay, T)`` of :data:`CASES`: times (ms) and peak extra memory (MB) per column.
 
-    Keys: ``max_delay``, ``T``, ``I``, ``O``, ``B``, ``dtype``, ``delay_backend`` (the sparse op's backend),
-    ``narrow_taps``, ``wide_path``, and ``<column>_ms`` / ``<column>_mb`` for ``linear``, ``dcls``, ``int``,
-    ``narrow``, ``wide`` (``dcls_*`` None when ``dcls`` is missing; ``dcls_error`` when it failed).
+    Keys, the same in every row and in this order: ``max_delay``, ``T``, ``I``, ``O``, ``B``, ``dtype``,
+    ``delay_backend`` (the sparse op's backend), ``narrow_taps``, ``wide_path``, ``<column>_ms`` and
+    ``<column>_mb`` for each of :data:`COLUMNS` (``dcls_*`` None when ``dcls`` is missing or failed), and
+    ``dcls_error`` (None, or why ``dcls`` failed).
     """
     from dclszoo import DelayedLinear
     from dclszoo.kernels import delay as delay_op
@@ -113,17 +115,18 @@ def delay_rows(device: str = "cuda", dtype: torch.dtype = torch.float32, reps: i
         dcls = _dcls(span, device, dtype)
         if dcls is not None:
             fns["dcls"] = _step(dcls, x, gyb, lambda t, s=span: F.pad(t.permute(1, 2, 0), (s - 1, 0)))
-        else:
-            row["dcls_ms"] = row["dcls_mb"] = None
-        for name, fn in fns.items():
-            try:
-                row[f"{name}_ms"] = _time_ms(fn, reps, warmup)
-                row[f"{name}_mb"] = _peak_mb(fn)
-            except Exception as exc:  # noqa: BLE001 - only the reference may fail (e.g. a dtype it lacks)
-                if name != "dcls":
-                    raise
-                row["dcls_ms"] = row["dcls_mb"] = None
-                row["dcls_error"] = f"{type(exc).__name__}: {exc}"
+        error = None
+        for name in COLUMNS:  # every row has the same keys, in this order
+            ms = mb = None
+            if name in fns:
+                try:
+                    ms, mb = _time_ms(fns[name], reps, warmup), _peak_mb(fns[name])
+                except Exception as exc:  # noqa: BLE001 - only the reference may fail (e.g. a dtype it lacks)
+                    if name != "dcls":
+                        raise
+                    error = f"{type(exc).__name__}: {exc}"
+            row[f"{name}_ms"], row[f"{name}_mb"] = ms, mb
+        row["dcls_error"] = error
         rows.append(row)
         del fns, ours, dcls, x, gy, gyb
         torch.cuda.empty_cache()

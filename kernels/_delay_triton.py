@@ -3,39 +3,43 @@
 ``y[t, b, o] = sum_{i, j} coeff[o, i, j] * x[t - offsets[o, i, j], b, i]`` and its gradients w.r.t. ``x`` and
 ``coeff``. Triton is imported here only, when the first Triton delay is computed.
 
-Layout. Every channel is one contiguous row of ``W = T * B`` values (time-major): row position ``m = t * B + b``,
-a delay of ``d`` steps is a shift of ``d * B`` along the row and causality is ``m - d * B >= 0``. The launchers
-transpose ``x`` (forward, coefficient gradient) and ``grad_y`` (input gradient) into rows; ``y`` and
-``grad_x`` are written straight into their ``[T, B, C]`` layout. Offsets are clamped to ``T`` inside the
-kernels (``d >= T`` is entirely masked), so nothing anywhere is sized by ``max(offsets)``.
+Layout. Every channel is one row of ``W = T * B`` values (time-major): row position ``m = t * B + b``, a delay
+of ``d`` steps is a shift of ``d * B`` along the row. The launchers copy ``x`` (and ``grad_y``) into rows
+padded with ``W`` zeros on the side the shift comes from (offsets are clamped to ``T``, so a shift is at most
+``W``): causality costs no mask and no compare, a tap that falls before ``t = 0`` reads a zero. ``y`` and
+``grad_x`` are written straight into their ``[T, B, C]`` layout. Nothing is sized by ``max(offsets)``: the
+extra memory is the padded copy (twice the tensor) and ``O * I * J`` tables.
 
-Programs (``K = I * J`` synapse taps per output, all accumulation in float32, float64 for float64 inputs):
+Programs (``K = I * J`` taps per output; accumulation in float32, float64 for float64 inputs). A tile is
+``[R, columns, L]``: ``L = 32`` lanes run along the row (a warp's gather is one contiguous 128-byte run), each
+thread holds ``R`` rows of a few columns, the warps split the columns.
 
-- forward, one program per (``BM`` row positions, ``BO`` outputs): loop over the ``K`` taps ``k = (i, j)``:
-  load the ``BO`` coefficients and offsets of tap ``k`` (``[K, O]`` copies, so these loads are contiguous),
-  gather the ``[BM, BO]`` tile ``x_i[m - d * B]`` (each column a contiguous run of row ``i``; masked where
-  ``< 0``), ``acc += tile * c``. The ``BO`` columns read one row inside a window of ``BM + T * B`` values, so
-  the gather hits L1/L2; every row is fetched from L2/HBM once per (m block, o block).
-- input gradient, one program per (``BM`` row positions, ``BI`` inputs): the same with in/out swapped:
-  ``gx[m, i] += c[o, i, j] * gy_o[m + d * B]`` (masked where ``>= W``), loop over ``o`` and ``j``.
+- forward, one program per (``R * L`` row positions, ``BO`` outputs): loop over the ``K`` taps: the ``BO``
+  coefficients and shifts of the next tap are loaded while this tap's ``[R, BO, L]`` tile
+  ``x_i[m - shift]`` is gathered (one base pointer per column, the ``R`` rows at constant offsets from it),
+  ``acc += tile * c``. The ``BO`` columns read one row of ``x`` inside a window of ``R * L + T * B`` values.
+- input gradient, one program per (``R * L`` row positions, ``BI`` inputs): the same with in/out swapped,
+  ``gx[m, i] += c[o, i, j] * gy_o[m + shift]`` over the ``O * J`` taps ``(o, j)``.
 - coefficient gradient, one program per (output ``o``, ``BC`` taps, split of the row): loop over the row in
-  chunks of ``BM``: load ``gy_o[m]`` once (``BM`` values shared by the ``BC`` taps), gather the ``[BC, BM]``
-  tile ``x_i[m - d * B]``, accumulate the products elementwise and reduce over the chunk axis at the end. The
-  loop starts at the block's smallest shift (everything before it is masked). When ``O * K / BC`` programs
-  would not fill the GPU the row is split and the partial sums are added atomically into a float32 buffer.
+  chunks of ``R * L``: load ``gy_o[m]`` once for the ``BC`` taps, gather ``x_i[m - shift]``, accumulate the
+  products elementwise, reduce once at the end. The loop starts at the block's smallest shift. When
+  ``O * K / BC`` programs would not fill the GPU the row is split and partial sums are added atomically.
 
-Counts, per direction, for ``O`` outputs, ``K = I * J`` taps and ``W`` row positions (masked lanes cost as
-much as live ones): ``W * O * K`` fused multiply-adds, each fed by one gathered element (the coefficient
-gradient also reads ``gy`` once per ``BC`` taps); coefficient / offset loads are ``1 / BM`` of that. For
-700 -> 256, T = 100, B = 32 (``W = 3200``): ``5.7e8`` FMAs and gathered loads per direction at ``J = 1``,
-``3.4e9`` at ``J = 6``. At 32 L1-hit gathered elements per clock per SM (one warp-wide load), 132 SMs at
-1.98 GHz, that is ~69 us per direction at ``J = 1`` and ~0.41 ms at ``J = 6``; the FMAs alone (128 per clock
-per SM) would take a quarter of that, the HBM traffic (rows of ``x`` and ``gy``: 9 + 3.3 MB, transposes
-included, ~30 MB) ~6 us. The kernels are gather-bound: work and memory grow with ``T * B * I * O * J`` and
-not with the delays.
+Counts per direction (``W * O * K`` fused multiply-adds, each with one gathered element; every term is
+computed, a causally dead one reads a zero). For 700 -> 256, T = 100, B = 32 (``W = 3200``): 5.7e8 at
+``J = 1``, 3.4e9 at ``J = 6``. Besides the gathers: 2 table loads (coefficient, shift) per column per tap,
+i.e. ``2 / R`` of the gathers (forward, input gradient), and one ``gy`` load per ``BC / warps`` gathers
+(coefficient gradient). In the sm_90 builds a gathered element costs 3.1-3.7 instructions (LDG, FFMA and the
+shared address/look-ahead work), under the 4 per clock per lane an SM issues, so the kernels are bound by the
+load path: at 32 gathered elements per clock per SM (L1 hits), 132 SMs, 1.98 GHz, 69 us per direction at
+``J = 1`` plus 6-25% of table loads, ~0.41-0.46 ms at ``J = 6``; the FMAs alone (128 per clock per SM) take a
+quarter of that, the HBM traffic (padded copies, ``y``, ``grad_x``: ~80 MB for a forward and backward) ~17 us.
+Where delays spread over more than a tile's window (``T * B`` >> ``R * L * BO``) or in the coefficient
+gradient at ``J = 1`` (each column gathers a different row of ``x``) the gathers miss L1 and the L2 bandwidth
+bounds instead (4 bytes per gathered element).
 
-Block sizes are autotuned on the GPU over a few configurations (keys: the sizes); Triton's interpreter
-(``TRITON_INTERPRET=1``, CPU tensors) runs one small configuration so that tests cross block edges.
+Block sizes are autotuned on the GPU over a few configurations (keys: the sizes and ``J``); Triton's
+interpreter (``TRITON_INTERPRET=1``, CPU tensors) runs one small configuration so that tests cross block edges.
 
 The kernel calls are also ``torch.library`` custom ops with fake implementations, so ``torch.compile`` treats
 them as opaque; eager calls on plain tensors skip the dispatcher.
@@ -63,105 +67,117 @@ def _configs(gpu: list[tuple[dict, int]], interpreted: dict) -> list[triton.Conf
     return [triton.Config(meta, num_warps=warps) for meta, warps in gpu]
 
 
+# Configurations: ``R`` rows of ``L`` lanes (``BM = R * L`` row positions; lanes run along the row so that a warp's
+# gather is one contiguous run) by ``BO`` / ``BI`` / ``BC`` columns split over the warps. Chosen from the SASS of
+# sm_90 builds: no shared-memory round trips in the loops, <= 128 registers, ~3-4 instructions per gathered
+# element (one LDG, one FFMA, address and look-ahead overhead shared by the ``R`` rows of a column).
 _FWD_CONFIGS = _configs(
-    [({"BM": 64, "BO": 64}, 4), ({"BM": 32, "BO": 64}, 4), ({"BM": 64, "BO": 32}, 4), ({"BM": 128, "BO": 32}, 4),
-     ({"BM": 128, "BO": 64}, 8)],
-    {"BM": 16, "BO": 8},
+    [({"R": 8, "L": 32, "BO": 16}, 4), ({"R": 8, "L": 32, "BO": 32}, 8), ({"R": 16, "L": 32, "BO": 16}, 8),
+     ({"R": 16, "L": 32, "BO": 32}, 16), ({"R": 8, "L": 32, "BO": 64}, 16)],
+    {"R": 2, "L": 8, "BO": 8},
 )
 _BWD_X_CONFIGS = _configs(
-    [({"BM": 64, "BI": 64}, 4), ({"BM": 32, "BI": 64}, 4), ({"BM": 64, "BI": 32}, 4), ({"BM": 128, "BI": 32}, 4),
-     ({"BM": 128, "BI": 64}, 8)],
-    {"BM": 16, "BI": 4},
+    [({"R": 8, "L": 32, "BI": 16}, 4), ({"R": 8, "L": 32, "BI": 32}, 8), ({"R": 16, "L": 32, "BI": 16}, 8),
+     ({"R": 16, "L": 32, "BI": 32}, 16), ({"R": 8, "L": 32, "BI": 64}, 16)],
+    {"R": 2, "L": 8, "BI": 8},
 )
 _BWD_C_CONFIGS = _configs(
-    [({"BC": 64, "BM": 64}, 4), ({"BC": 32, "BM": 128}, 4), ({"BC": 128, "BM": 32}, 4), ({"BC": 16, "BM": 128}, 4)],
-    {"BC": 8, "BM": 8},
+    [({"R": 2, "L": 32, "BC": 64}, 4), ({"R": 2, "L": 32, "BC": 128}, 8), ({"R": 1, "L": 32, "BC": 64}, 4),
+     ({"R": 2, "L": 32, "BC": 16}, 1)],
+    {"R": 2, "L": 8, "BC": 8},
 )
+_TAIL = max(c.kwargs["R"] * c.kwargs["L"] for c in _FWD_CONFIGS + _BWD_X_CONFIGS + _BWD_C_CONFIGS)
+"""Zeros after the last padded row: a block of ``R * L`` rows may run that far past a row's end."""
 
 
 # ----------------------------------------------------------------------------------------------- kernels
-@triton.autotune(configs=_FWD_CONFIGS, key=["W", "O", "I", "J"])
+@triton.autotune(configs=_FWD_CONFIGS, key=["W", "O", "K", "J"])
 @triton.jit
-def _forward_kernel(x_ptr, c_ptr, off_ptr, y_ptr, W, O, I, J, T, B,
-                    ACC: tl.constexpr, BM: tl.constexpr, BO: tl.constexpr):
-    """``y[m, o] = sum_{i, j} c[i, j, o] * x[i, m - min(off[i, j, o], T) * B]``; x rows ``[I, W]``,
-    c / off ``[I, J, O]``, y ``[W, O]``."""
-    m = tl.program_id(0) * BM + tl.arange(0, BM)
+def _forward_kernel(x_ptr, c_ptr, s_ptr, y_ptr, W, O, K, B, J: tl.constexpr,
+                    ACC: tl.constexpr, R: tl.constexpr, L: tl.constexpr, BO: tl.constexpr):
+    """``y[m, o] = sum_k c[k, o] * x[k // J, m - s[k, o] * B]``; x in left-padded rows (row ``i`` at
+    ``x_ptr + i * 2W``: ``W`` zeros, then its ``W`` values), c / s ``[K + 1, O]`` (row ``K`` unused; s = the
+    offsets clamped to ``T``, int32), y ``[W, O]``."""
+    m = tl.program_id(0) * (R * L) + tl.arange(0, R)[:, None, None] * L + tl.arange(0, L)[None, None, :]
     o = tl.program_id(1) * BO + tl.arange(0, BO)
-    m_ok = m < W
+    m_ok = m < W  # rows m >= W (last block) read the next row's zeros or the tail; they are not stored
     o_ok = o < O
-    acc = tl.zeros((BM, BO), dtype=ACC)
-    row = x_ptr
-    c_p = c_ptr + o
-    off_p = off_ptr + o
-    for _i in range(I):
-        for _j in range(J):
-            c = tl.load(c_p, mask=o_ok, other=0.0).to(ACC)
-            shift = (tl.minimum(tl.load(off_p, mask=o_ok, other=T), T) * B).to(tl.int32)
-            src = m[:, None] - shift[None, :]
-            xv = tl.load(row + src, mask=(src >= 0) & m_ok[:, None], other=0.0).to(ACC)
-            acc += xv * c[None, :]
-            c_p += O
-            off_p += O
-        row += W
-    out = y_ptr + m[:, None].to(tl.int64) * O + o[None, :]
-    tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & o_ok[None, :])
+    acc = tl.zeros((R, BO, L), dtype=ACC)
+    c_p = c_ptr + tl.minimum(o, O - 1)  # absent outputs repeat the last one (not stored): loads need no mask
+    s_p = s_ptr + tl.minimum(o, O - 1)
+    c_next = tl.load(c_p)
+    s_next = tl.load(s_p)
+    for k in range(K):
+        c = c_next.to(ACC)
+        shift = s_next * B
+        c_p += O
+        s_p += O
+        c_next = tl.load(c_p)  # the next tap's (row K is padding), in flight during this tap's gather
+        s_next = tl.load(s_p)
+        row = x_ptr + tl.cast(k // J, tl.int64) * (2 * W) + W
+        xv = tl.load((row - shift)[None, :, None] + m)  # shift <= W: at worst the zeros before the row
+        acc += xv.to(ACC) * c[None, :, None]
+    out = y_ptr + m.to(tl.int64) * O + o[None, :, None]
+    tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=m_ok & o_ok[None, :, None])
 
 
-@triton.autotune(configs=_BWD_X_CONFIGS, key=["W", "I", "O", "J"])
+@triton.autotune(configs=_BWD_X_CONFIGS, key=["W", "I", "Q", "J"])
 @triton.jit
-def _grad_x_kernel(gy_ptr, c_ptr, off_ptr, gx_ptr, W, I, O, J, T, B,
-                   ACC: tl.constexpr, BM: tl.constexpr, BI: tl.constexpr):
-    """``gx[m, i] = sum_{o, j} c[o, j, i] * gy[o, m + min(off[o, j, i], T) * B]``; gy rows ``[O, W]``,
-    c / off ``[O, J, I]``, gx ``[W, I]``."""
-    m = tl.program_id(0) * BM + tl.arange(0, BM)
+def _grad_x_kernel(gy_ptr, c_ptr, s_ptr, gx_ptr, W, I, Q, B, J: tl.constexpr,
+                   ACC: tl.constexpr, R: tl.constexpr, L: tl.constexpr, BI: tl.constexpr):
+    """``gx[m, i] = sum_q c[q, i] * gy[q // J, m + s[q, i] * B]``; gy in right-padded rows (row ``o`` at
+    ``gy_ptr + o * 2W``: its ``W`` values, then ``W`` zeros), c / s ``[Q + 1, I]`` (``Q = O * J``), gx ``[W, I]``."""
+    m = tl.program_id(0) * (R * L) + tl.arange(0, R)[:, None, None] * L + tl.arange(0, L)[None, None, :]
     i = tl.program_id(1) * BI + tl.arange(0, BI)
+    m_ok = m < W  # rows m >= W (last block) read the next row or the tail; they are not stored
     i_ok = i < I
-    acc = tl.zeros((BM, BI), dtype=ACC)
-    row = gy_ptr
-    c_p = c_ptr + i
-    off_p = off_ptr + i
-    for _o in range(O):
-        for _j in range(J):
-            c = tl.load(c_p, mask=i_ok, other=0.0).to(ACC)
-            shift = (tl.minimum(tl.load(off_p, mask=i_ok, other=T), T) * B).to(tl.int32)
-            src = m[:, None] + shift[None, :]  # >= W for rows m >= W and for masked inputs (shift = W)
-            g = tl.load(row + src, mask=src < W, other=0.0).to(ACC)
-            acc += g * c[None, :]
-            c_p += I
-            off_p += I
-        row += W
-    out = gx_ptr + m[:, None].to(tl.int64) * I + i[None, :]
-    tl.store(out, acc.to(gx_ptr.dtype.element_ty), mask=(m < W)[:, None] & i_ok[None, :])
+    acc = tl.zeros((R, BI, L), dtype=ACC)
+    c_p = c_ptr + tl.minimum(i, I - 1)
+    s_p = s_ptr + tl.minimum(i, I - 1)
+    c_next = tl.load(c_p)
+    s_next = tl.load(s_p)
+    for q in range(Q):
+        c = c_next.to(ACC)
+        shift = s_next * B
+        c_p += I
+        s_p += I
+        c_next = tl.load(c_p)
+        s_next = tl.load(s_p)
+        row = gy_ptr + tl.cast(q // J, tl.int64) * (2 * W)
+        g = tl.load((row + shift)[None, :, None] + m)  # m < W, shift <= W: at worst the zeros after the row
+        acc += g.to(ACC) * c[None, :, None]
+    out = gx_ptr + m.to(tl.int64) * I + i[None, :, None]
+    tl.store(out, acc.to(gx_ptr.dtype.element_ty), mask=m_ok & i_ok[None, :, None])
 
 
-@triton.autotune(configs=_BWD_C_CONFIGS, key=["W", "O", "K"], reset_to_zero=["gc_ptr"])
+@triton.autotune(configs=_BWD_C_CONFIGS, key=["W", "O", "K", "J"], reset_to_zero=["gc_ptr"])
 @triton.jit
-def _grad_coeff_kernel(x_ptr, gy_ptr, off_ptr, gc_ptr, W, O, K, J, T, B,
-                       ACC: tl.constexpr, BC: tl.constexpr, BM: tl.constexpr):
-    """``gc[o, k] = sum_m gy[o, m] * x[k // J, m - min(off[o, k], T) * B]`` over this program's split of the
-    row; x rows ``[I, W]``, gy rows ``[O, W]``, off / gc ``[O, K]``."""
+def _grad_coeff_kernel(x_ptr, gy_ptr, s_ptr, gc_ptr, W, O, K, B, J: tl.constexpr,
+                       ACC: tl.constexpr, R: tl.constexpr, L: tl.constexpr, BC: tl.constexpr):
+    """``gc[o, k] = sum_m gy[o, m] * x[k // J, m - s[o, k] * B]`` over this program's split of the row; x and gy
+    in padded rows as above (followed by ``_TAIL`` zeros), s / gc ``[O, K]``."""
     o = tl.program_id(0).to(tl.int64)
     col = tl.program_id(1) * BC + tl.arange(0, BC)
     split = tl.program_id(2)
     n_split = tl.num_programs(2)
     c_ok = col < K
-    shift = (tl.minimum(tl.load(off_ptr + o * K + col, mask=c_ok, other=T), T) * B).to(tl.int32)
-    rows = x_ptr + (col // J).to(tl.int64)[:, None] * W
-    per = tl.cdiv(tl.cdiv(W, BM), n_split) * BM
+    shift = tl.load(s_ptr + o * K + col, mask=c_ok, other=0) * B
+    row = tl.where(c_ok, col // J, 0).to(tl.int64)
+    base = (x_ptr + row * (2 * W) + W - shift)[None, :, None]
+    lanes = tl.arange(0, R)[:, None, None] * L + tl.arange(0, L)[None, None, :]
+    per = tl.cdiv(tl.cdiv(W, R * L), n_split) * (R * L)
     start = split * per
     stop = tl.minimum(start + per, W)
-    first = tl.maximum(start, tl.min(shift, axis=0))  # before the smallest shift every product is masked
-    gy_row = gy_ptr + o * W
-    acc = tl.zeros((BC, BM), dtype=ACC)
-    for m0 in range(first, stop, BM):
-        m = m0 + tl.arange(0, BM)
-        m_ok = m < stop
-        g = tl.load(gy_row + m, mask=m_ok, other=0.0).to(ACC)
-        src = m[None, :] - shift[:, None]
-        xv = tl.load(rows + src, mask=(src >= 0) & m_ok[None, :], other=0.0).to(ACC)
-        acc += xv * g[None, :]
-    total = tl.sum(acc, axis=1)
+    first = tl.maximum(start, tl.min(tl.where(c_ok, shift, W), axis=0))  # before it every x read is a zero
+    gy_row = gy_ptr + o * (2 * W)
+    acc = tl.zeros((R, BC, L), dtype=ACC)
+    for m0 in range(first, stop, R * L):
+        m = m0 + lanes
+        g = tl.load(gy_row + m, mask=m < stop, other=0.0).to(ACC)
+        # m < W + R * L: past the end of a row x_ptr reads the next row or the tail, times g = 0
+        xv = tl.load(base + m).to(ACC)
+        acc += xv * g
+    total = tl.sum(tl.sum(acc, axis=2), axis=0)
     if n_split > 1:
         tl.atomic_add(gc_ptr + o * K + col, total, mask=c_ok)
     else:
@@ -173,10 +189,28 @@ def _acc_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    """``[T, B, C] -> [C, T*B]`` contiguous rows, one per channel (a view when already laid out so)."""
+def _padded_rows(t: torch.Tensor, left: bool) -> torch.Tensor:
+    """``[T, B, C]`` as a flat buffer of ``C`` rows of ``2W`` (``W = T * B``): ``W`` zeros then the channel's
+    values (``left``) or the values then ``W`` zeros, followed by ``_TAIL`` zeros. The kernels gather without
+    masks: a shift of at most ``W`` lands in the zeros."""
     steps, batch, ch = t.shape
-    return t.permute(2, 0, 1).reshape(ch, steps * batch).contiguous()
+    width = steps * batch
+    buf = t.new_zeros(ch * 2 * width + _TAIL)
+    rows = buf[: ch * 2 * width].view(ch, 2, steps, batch)[:, 1 if left else 0]
+    rows.copy_(t.permute(2, 0, 1))
+    return buf
+
+
+def _tap_table(coeff: torch.Tensor, offsets: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Views ``[a, b, n]`` of the coefficients and offsets as contiguous ``[a * b + 1, n]`` tables, the offsets
+    clamped to ``steps`` as int32; row ``a * b`` is padding for the kernels' look-ahead."""
+    shape = coeff.shape
+    rows = shape[0] * shape[1]
+    c = coeff.new_empty((rows + 1, shape[2]))
+    c[:rows].view(shape).copy_(coeff)
+    s = torch.empty((rows + 1, shape[2]), dtype=torch.int32, device=coeff.device)
+    s[:rows].view(shape).copy_(offsets.clamp(max=steps))
+    return c, s
 
 
 @functools.lru_cache(maxsize=8)
@@ -192,7 +226,7 @@ def _target_programs(device: torch.device) -> int:
 
 
 def _check_width(width: int) -> None:
-    if 2 * width >= 2**31:
+    if 2 * width + _TAIL >= 2**31:
         raise ValueError(
             f"sparse_delay (triton): T * B = {width} row positions; the Triton kernels index a row with 32-bit "
             "integers (T * B < 2**30). Split the batch into several calls."
@@ -208,12 +242,11 @@ def delay_forward(x: torch.Tensor, coeff: torch.Tensor, offsets: torch.Tensor) -
     if width == 0 or n_out == 0 or k == 0:
         return x.new_zeros((steps, batch, n_out))
     y = x.new_empty((steps, batch, n_out))
-    xt = _rows(x.detach())
-    c = coeff.detach().permute(1, 2, 0).contiguous()  # [I, J, O]: a tap's outputs side by side
-    off = offsets.permute(1, 2, 0).contiguous()
-    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        grid = lambda meta: (triton.cdiv(width, meta["BM"]), triton.cdiv(n_out, meta["BO"]))  # noqa: E731
-        _forward_kernel[grid](xt, c, off, y, width, n_out, n_in, taps, steps, batch, ACC=_acc_dtype(x.dtype))
+    xp = _padded_rows(x.detach(), left=True)
+    c, s = _tap_table(coeff.detach().permute(1, 2, 0), offsets.permute(1, 2, 0), steps)  # a tap's outputs in a row
+    with _on(x):
+        grid = lambda meta: (triton.cdiv(width, meta["R"] * meta["L"]), triton.cdiv(n_out, meta["BO"]))  # noqa: E731
+        _forward_kernel[grid](xp, c, s, y, width, n_out, k, batch, taps, ACC=_acc_dtype(x.dtype))
     return y
 
 
@@ -234,30 +267,34 @@ def delay_backward(
         return (x.new_zeros(x.shape) if need_x else None), (coeff.new_zeros(coeff.shape) if need_coeff else None)
     gx, gc = None, None
     acc = _acc_dtype(x.dtype)
-    gyt = _rows(grad_y)
-    with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
+    gyp = _padded_rows(grad_y, left=False)
+    with _on(x):
         if need_x:
             gx = x.new_empty(x.shape)  # every entry written by the kernel
-            c = coeff.detach().permute(0, 2, 1).contiguous()  # [O, J, I]: a tap's inputs side by side
-            off = offsets.permute(0, 2, 1).contiguous()
-            grid = lambda meta: (triton.cdiv(width, meta["BM"]), triton.cdiv(n_in, meta["BI"]))  # noqa: E731
-            _grad_x_kernel[grid](gyt, c, off, gx, width, n_in, n_out, taps, steps, batch, ACC=acc)
+            c, s = _tap_table(coeff.detach().permute(0, 2, 1), offsets.permute(0, 2, 1), steps)  # inputs in a row
+            grid = lambda meta: (triton.cdiv(width, meta["R"] * meta["L"]), triton.cdiv(n_in, meta["BI"]))  # noqa: E731
+            _grad_x_kernel[grid](gyp, c, s, gx, width, n_in, n_out * taps, batch, taps, ACC=acc)
         if need_coeff:
-            xt = _rows(x.detach())
-            off = offsets.contiguous()
+            xp = _padded_rows(x.detach(), left=True)
+            s = offsets.clamp(max=steps).to(torch.int32, memory_format=torch.contiguous_format)
             buf = torch.zeros((n_out, n_in, taps), device=x.device,
                               dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
             target = _target_programs(x.device)
 
             def grid(meta):
                 tiles = n_out * triton.cdiv(k, meta["BC"])
-                chunks = triton.cdiv(width, meta["BM"])
+                chunks = triton.cdiv(width, meta["R"] * meta["L"])
                 n_split = split if split is not None else triton.cdiv(target, tiles)
                 return (n_out, triton.cdiv(k, meta["BC"]), max(1, min(n_split, chunks)))
 
-            _grad_coeff_kernel[grid](xt, gyt, off, buf, width, n_out, k, taps, steps, batch, ACC=acc)
+            _grad_coeff_kernel[grid](xp, gyp, s, buf, width, n_out, k, batch, taps, ACC=acc)
             gc = buf if buf.dtype == coeff.dtype else buf.to(coeff.dtype)
     return gx, gc
+
+
+def _on(t: torch.Tensor):
+    """Launch on ``t``'s GPU (Triton launches on the current device)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 # ----------------------------------------------------------------------------------------------- custom ops
