@@ -76,8 +76,11 @@ def dcls_kernel_reference(
 # --------------------------------------------------------------------------------------------------------------
 
 
-def check_delay_args(x: torch.Tensor, coeff: torch.Tensor, offsets: torch.Tensor) -> None:
+def check_delay_args(x: torch.Tensor, coeff: torch.Tensor, offsets: torch.Tensor, values: bool = True) -> None:
     """Validate the arguments of ``sparse_delay`` / ``sparse_delay_reference``; raise a clear error if bad.
+
+    ``values=False`` skips the one check that reads the data (offsets >= 0), which costs a device
+    synchronisation on GPUs.
 
     Raises:
         TypeError: If an argument is not a tensor, ``x``/``coeff`` are not floating point or differ in dtype,
@@ -127,7 +130,7 @@ def check_delay_args(x: torch.Tensor, coeff: torch.Tensor, offsets: torch.Tensor
             f"sparse_delay: x, coeff and offsets must be on one device, got {x.device}, {coeff.device} and "
             f"{offsets.device}."
         )
-    if offsets.numel() and int(offsets.min()) < 0:
+    if values and offsets.numel() and int(offsets.min()) < 0:
         raise ValueError(
             f"sparse_delay: offsets must be >= 0 (causal delays), got a minimum of {int(offsets.min())}."
         )
@@ -177,7 +180,8 @@ class _SparseDelayReference(torch.autograd.Function):
         return grad_x, grad_c, None
 
 
-def sparse_delay_reference(x: torch.Tensor, coeff: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+def sparse_delay_reference(x: torch.Tensor, coeff: torch.Tensor, offsets: torch.Tensor, *,
+                           check_values: bool = True) -> torch.Tensor:
     """Delayed sparse synapses in plain PyTorch (twin and oracle of ``dclszoo.kernels.delay.sparse_delay``).
 
     ``y[t, b, o] = sum_{i, j} coeff[o, i, j] * x[t - offsets[o, i, j], b, i]``; terms with
@@ -189,9 +193,10 @@ def sparse_delay_reference(x: torch.Tensor, coeff: torch.Tensor, offsets: torch.
         x: Input, time-major ``[T, B, I]``.
         coeff: Tap weights ``[O, I, J]`` (same dtype as ``x``).
         offsets: Integer delays in time steps ``[O, I, J]``, ``>= 0``.
+        check_values: Check that no offset is negative (a device synchronisation on GPUs).
 
     Returns:
         ``y [T, B, O]``.
     """
-    check_delay_args(x, coeff, offsets)
+    check_delay_args(x, coeff, offsets, values=check_values)
     return _SparseDelayReference.apply(x, coeff, offsets)

@@ -124,7 +124,8 @@ class _SparseDelayNumba(torch.autograd.Function):
 
 
 def sparse_delay(
-    x: torch.Tensor, coeff: torch.Tensor, offsets: torch.Tensor, *, backend: str | None = None
+    x: torch.Tensor, coeff: torch.Tensor, offsets: torch.Tensor, *, backend: str | None = None,
+    check_values: bool = True,
 ) -> torch.Tensor:
     """Delayed sparse synapses: ``y[t, b, o] = sum_{i, j} coeff[o, i, j] * x[t - offsets[o, i, j], b, i]``.
 
@@ -135,6 +136,8 @@ def sparse_delay(
         x: Input, time-major ``[T, B, I]``.
         coeff: Tap weights ``[O, I, J]``, same dtype as ``x``.
         offsets: Integer delays in time steps ``[O, I, J]``, ``>= 0`` (not differentiable).
+        check_values: Check that no offset is negative. On a GPU that reads the offsets back (one
+            synchronisation per call); the delay modules pass False, their offsets being valid by construction.
         backend: ``"triton"``, ``"numba"``, ``"torch"`` or None/``"auto"`` (default: ``$DCLSZOO_BACKEND``,
             else triton for CUDA tensors, numba for float32 CPU tensors when installed, else torch).
 
@@ -147,10 +150,10 @@ def sparse_delay(
             without ``TRITON_INTERPRET=1``); the message says why.
         ImportError: If ``backend="numba"`` or ``"triton"`` is requested and not installed.
     """
-    check_delay_args(x, coeff, offsets)
+    check_delay_args(x, coeff, offsets, values=check_values)
     chosen = _select_backend(x, backend)
     if chosen == "torch":
-        return sparse_delay_reference(x, coeff, offsets)
+        return sparse_delay_reference(x, coeff, offsets, check_values=False)  # checked above
     if chosen == "triton":
         return _triton_kernels().SparseDelayTriton.apply(x, coeff, offsets)
     return _SparseDelayNumba.apply(x, coeff, offsets)

@@ -127,7 +127,7 @@ class DelayedLinear(DelayedSynapse):
 
         prof, offs = self.sparse_taps()  # [O, I, kc, J]
         coeff = (self.weight.unsqueeze(-1) * prof).flatten(2).to(x.dtype)
-        return sparse_delay(x.contiguous(), coeff, offs.flatten(2))
+        return sparse_delay(x.contiguous(), coeff, offs.flatten(2), check_values=False)  # offsets clamped >= 0
 
     def _single_step(self, x: torch.Tensor) -> torch.Tensor:
         """Streaming step: ``[*B, I] -> [*B, O]`` from a history of the last ``max_delay`` inputs."""
