@@ -1,7 +1,7 @@
 """Learnable-delay synapses on one GPU, forward+backward: ``nn.Linear`` vs ``dcls`` vs dclszoo (helper).
 
 :func:`delay_rows` measures a 700 -> 256 delay layer (SNN-delays on SHD), batch 32, at
-``(max_delay, T)`` = (25, 100), (100, 100), (250, 300); it is called by ``bench/gpu.py`` and only touches the GPU
+``(max_delay, T)`` = (25, 100), (100, 100), (250, 100), (250, 300); it is called by ``bench/gpu.py`` and only touches the GPU
 when called. Every column computes ``y`` from ``x [T, B, 700]`` (``x.requires_grad``: a layer inside a network)
 and back-propagates a fixed ``gy``; gradients are reset to None before each call, so they count as extra memory.
 
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 N_IN, N_OUT, BATCH = 700, 256, 32
-CASES = ((25, 100), (100, 100), (250, 300))  # (max_delay, T)
+CASES = ((25, 100), (100, 100), (250, 100), (250, 300))  # (max_delay, T); (250, 100): flat in max_delay at equal T
 SIGMA_NARROW = 0.5
 COLUMNS = ("linear", "dcls", "int", "narrow", "wide")
 

@@ -9,6 +9,13 @@
 - sparse path (integer mode or a narrow Gaussian): synapses are grouped by integer delay ``v``; one spatial
   convolution per distinct delay on the input shifted by ``v`` steps. Its cost grows with the number of
   distinct delays in use (at most ``max_delay``), not with the kernel length.
+
+On a GPU both paths are cuDNN convolutions (the dense path's time kernel built by the Triton construction): the
+work is a spatial convolution, which cuDNN does well, and the delays only decide which time steps it reads. The
+sparse path's work is that of one convolution per time step whatever ``max_delay`` is, split over one launch per
+distinct delay: small layers with many distinct delays are launch-bound there (~10 us a launch), and a Triton
+kernel fusing the time gather into an implicit-GEMM spatial convolution would be the next step if measured
+worthwhile. :class:`DelayedLinear`, the SNN-delays synapse, has its own Triton kernel (``dclszoo.kernels.delay``).
 """
 
 from __future__ import annotations
