@@ -134,6 +134,18 @@ def _ours(channels, taps, span, interpolation, device):
 
 
 # ------------------------------------------------------------------------------------------------ sections
+def _train_step(model: nn.Module, opt, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    """One bf16-autocast training step of a classifier (forward, cross-entropy, backward, optimizer step)."""
+    def step():
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
 def _replace_dw(model: nn.Module, make: Callable[[nn.Conv2d], nn.Module]) -> nn.Module:
     for name, mod in list(model.named_modules()):
         if name.endswith("conv_dw"):
@@ -178,15 +190,7 @@ def section_model(args, clock: Clock) -> None:
         fmt = torch.channels_last if cl else torch.contiguous_format
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
         x = torch.randn(b_train, 3, size, size, device=dev).contiguous(memory_format=fmt)
-        y = torch.randint(0, 1000, (b_train,), device=dev)
-
-        def train_step():
-            with torch.autocast(dev, dtype=torch.bfloat16):
-                loss = nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
+        train_step = _train_step(model, opt, x, torch.randint(0, 1000, (b_train,), device=dev))
         model.train()
         t_train = clock.ms(train_step, reps=args.model_reps)
         peak = clock.peak_mb(train_step)
@@ -352,15 +356,7 @@ def section_profile(args, clock: Clock) -> None:
     model = timm.create_model("convnext_tiny_dcls", dcls="convnext_tiny").to(dev).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     x = torch.randn(batch, 3, size, size, device=dev)
-    y = torch.randint(0, 1000, (batch,), device=dev)
-
-    def step():
-        with torch.autocast(dev, dtype=torch.bfloat16):
-            loss = nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
+    step = _train_step(model, opt, x, torch.randint(0, 1000, (batch,), device=dev))
     for _ in range(3):
         step()
     clock.sync()

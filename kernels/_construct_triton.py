@@ -84,6 +84,30 @@ def _tap(w_ptr, p_ptr, s_ptr, o, i, k, rmask,
 
 
 @triton.jit
+def _tap_profiles(w_ptr, p_ptr, s_ptr, o, i, k, rmask,
+                  sw_o, sw_i, sw_k, sp_d, sp_o, sp_i, sp_k, ss_d, ss_o, ss_i, ss_k,
+                  lo0, hi0, lo1, hi1, floor, top0, top1,
+                  S0: tl.constexpr, S1: tl.constexpr, S0P: tl.constexpr, S1P: tl.constexpr, NDIM: tl.constexpr,
+                  GAUSS: tl.constexpr, BOUNDED: tl.constexpr, FLOORED: tl.constexpr):
+    """Weight ``[BR]`` of tap ``k`` and, per axis, its profile, the profile's derivatives (position, sigma) and the
+    sigma chain factor; axis 1 of a 1-D kernel is a profile of ones (zero derivatives)."""
+    w = tl.load(w_ptr + o * sw_o + i * sw_i + k * sw_k, mask=rmask, other=0.0).to(tl.float32)
+    p0, s0, c0 = _tap(w_ptr, p_ptr, s_ptr, o, i, k, rmask, sw_o, sw_i, sw_k, sp_d, sp_o, sp_i, sp_k,
+                      ss_d, ss_o, ss_i, ss_k, 0, lo0, hi0, floor, BOUNDED, FLOORED, GAUSS)
+    a0, dp0, ds0 = _profile(p0, s0, S0, S0P, top0, GAUSS)
+    if NDIM == 2:
+        p1, s1, c1 = _tap(w_ptr, p_ptr, s_ptr, o, i, k, rmask, sw_o, sw_i, sw_k, sp_d, sp_o, sp_i, sp_k,
+                          ss_d, ss_o, ss_i, ss_k, 1, lo1, hi1, floor, BOUNDED, FLOORED, GAUSS)
+        a1, dp1, ds1 = _profile(p1, s1, S1, S1P, top1, GAUSS)
+    else:
+        a1 = tl.full((p0.shape[0], S1P), 1.0, tl.float32)
+        dp1 = a1 * 0.0
+        ds1 = dp1
+        c1 = c0
+    return w, a0, dp0, ds0, c0, a1, dp1, ds1, c1
+
+
+@triton.jit
 def _construct_fwd(
     w_ptr, p_ptr, s_ptr, out_ptr, R, I, K,
     sw_o, sw_i, sw_k, sp_d, sp_o, sp_i, sp_k, ss_d, ss_o, ss_i, ss_k,
@@ -97,16 +121,9 @@ def _construct_fwd(
     i = rows % I
     acc = tl.zeros((BR, S0P, S1P), dtype=tl.float32)
     for k in range(K):
-        w = tl.load(w_ptr + o * sw_o + i * sw_i + k * sw_k, mask=rmask, other=0.0).to(tl.float32)
-        p0, s0, _c0 = _tap(w_ptr, p_ptr, s_ptr, o, i, k, rmask, sw_o, sw_i, sw_k, sp_d, sp_o, sp_i, sp_k,
-                           ss_d, ss_o, ss_i, ss_k, 0, lo0, hi0, floor, BOUNDED, FLOORED, GAUSS)
-        a0, _d0, _e0 = _profile(p0, s0, S0, S0P, top0, GAUSS)
-        if NDIM == 2:
-            p1, s1, _c1 = _tap(w_ptr, p_ptr, s_ptr, o, i, k, rmask, sw_o, sw_i, sw_k, sp_d, sp_o, sp_i, sp_k,
-                               ss_d, ss_o, ss_i, ss_k, 1, lo1, hi1, floor, BOUNDED, FLOORED, GAUSS)
-            a1, _d1, _e1 = _profile(p1, s1, S1, S1P, top1, GAUSS)
-        else:
-            a1 = tl.full((BR, S1P), 1.0, tl.float32)
+        w, a0, _dp0, _ds0, _c0, a1, _dp1, _ds1, _c1 = _tap_profiles(
+            w_ptr, p_ptr, s_ptr, o, i, k, rmask, sw_o, sw_i, sw_k, sp_d, sp_o, sp_i, sp_k, ss_d, ss_o, ss_i, ss_k,
+            lo0, hi0, lo1, hi1, floor, top0, top1, S0, S1, S0P, S1P, NDIM, GAUSS, BOUNDED, FLOORED)
         scale = w
         if GAUSS:
             scale = w / (tl.sum(a0, axis=1) * tl.sum(a1, axis=1) + 1e-7)
@@ -136,16 +153,9 @@ def _construct_bwd(
     G = tl.load(g_ptr + offs, mask=rmask[:, None, None] & (y < S0) & (x < S1), other=0.0).to(tl.float32)
     RK = R * K  # gradients are written as [ndim, R, K], contiguous
     for k in range(K):
-        w = tl.load(w_ptr + o * sw_o + i * sw_i + k * sw_k, mask=rmask, other=0.0).to(tl.float32)
-        p0, s0, c0 = _tap(w_ptr, p_ptr, s_ptr, o, i, k, rmask, sw_o, sw_i, sw_k, sp_d, sp_o, sp_i, sp_k,
-                          ss_d, ss_o, ss_i, ss_k, 0, lo0, hi0, floor, BOUNDED, FLOORED, GAUSS)
-        a0, dp0, ds0 = _profile(p0, s0, S0, S0P, top0, GAUSS)
-        if NDIM == 2:
-            p1, s1, c1 = _tap(w_ptr, p_ptr, s_ptr, o, i, k, rmask, sw_o, sw_i, sw_k, sp_d, sp_o, sp_i, sp_k,
-                              ss_d, ss_o, ss_i, ss_k, 1, lo1, hi1, floor, BOUNDED, FLOORED, GAUSS)
-            a1, dp1, ds1 = _profile(p1, s1, S1, S1P, top1, GAUSS)
-        else:
-            a1 = tl.full((BR, S1P), 1.0, tl.float32)
+        w, a0, dp0, ds0, c0, a1, dp1, ds1, c1 = _tap_profiles(
+            w_ptr, p_ptr, s_ptr, o, i, k, rmask, sw_o, sw_i, sw_k, sp_d, sp_o, sp_i, sp_k, ss_d, ss_o, ss_i, ss_k,
+            lo0, hi0, lo1, hi1, floor, top0, top1, S0, S1, S0P, S1P, NDIM, GAUSS, BOUNDED, FLOORED)
         e0 = tl.sum(G * a1[:, None, :], axis=2)  # [BR, S0P]: the gradient reaching profile a0
         t = tl.sum(e0 * a0, axis=1)  # dL/d(w / Z)
         sum0 = tl.sum(a0, axis=1)

@@ -14,11 +14,11 @@ Programs (``K = I * J`` taps per output; accumulation in float32, float64 for fl
 ``[R, columns, L]``: ``L = 32`` lanes run along the row (a warp's gather is one contiguous 128-byte run), each
 thread holds ``R`` rows of a few columns, the warps split the columns.
 
-- forward, one program per (``R * L`` row positions, ``BO`` outputs): loop over the ``K`` taps: the ``BO``
-  coefficients and shifts of the next tap are loaded while this tap's ``[R, BO, L]`` tile
+- forward, one program per (``R * L`` row positions, ``BN`` outputs): loop over the ``K`` taps: the ``BN``
+  coefficients and shifts of the next tap are loaded while this tap's ``[R, BN, L]`` tile
   ``x_i[m - shift]`` is gathered (one base pointer per column, the ``R`` rows at constant offsets from it),
-  ``acc += tile * c``. The ``BO`` columns read one row of ``x`` inside a window of ``R * L + T * B`` values.
-- input gradient, one program per (``R * L`` row positions, ``BI`` inputs): the same with in/out swapped,
+  ``acc += tile * c``. The ``BN`` columns read one row of ``x`` inside a window of ``R * L + T * B`` values.
+- input gradient, one program per (``R * L`` row positions, ``BN`` inputs): the same kernel with in/out swapped,
   ``gx[m, i] += c[o, i, j] * gy_o[m + shift]`` over the ``O * J`` taps ``(o, j)``.
 - coefficient gradient, one program per (output ``o``, ``BC`` taps, split of the row): loop over the row in
   chunks of ``R * L``: load ``gy_o[m]`` once for the ``BC`` taps, gather ``x_i[m - shift]``, accumulate the
@@ -34,7 +34,7 @@ shared address/look-ahead work), under the 4 per clock per lane an SM issues, so
 load path: at 32 gathered elements per clock per SM (L1 hits), 132 SMs, 1.98 GHz, 69 us per direction at
 ``J = 1`` plus 6-25% of table loads, ~0.41-0.46 ms at ``J = 6``; the FMAs alone (128 per clock per SM) take a
 quarter of that, the HBM traffic (padded copies, ``y``, ``grad_x``: ~80 MB for a forward and backward) ~17 us.
-Where delays spread over more than a tile's window (``T * B`` >> ``R * L * BO``) or in the coefficient
+Where delays spread over more than a tile's window (``T * B`` >> ``R * L * BN``) or in the coefficient
 gradient at ``J = 1`` (each column gathers a different row of ``x``) the gathers miss L1 and the L2 bandwidth
 bounds instead (4 bytes per gathered element).
 
@@ -68,86 +68,60 @@ def _configs(gpu: list[tuple[dict, int]], interpreted: dict) -> list[triton.Conf
 
 
 # Configurations: ``R`` rows of ``L`` lanes (``BM = R * L`` row positions; lanes run along the row so that a warp's
-# gather is one contiguous run) by ``BO`` / ``BI`` / ``BC`` columns split over the warps. Chosen from the SASS of
+# gather is one contiguous run) by ``BN`` / ``BC`` columns split over the warps. Chosen from the SASS of
 # sm_90 builds: no shared-memory round trips in the loops, <= 128 registers, ~3-4 instructions per gathered
 # element (one LDG, one FFMA, address and look-ahead overhead shared by the ``R`` rows of a column).
-_FWD_CONFIGS = _configs(
-    [({"R": 8, "L": 32, "BO": 16}, 4), ({"R": 8, "L": 32, "BO": 32}, 8), ({"R": 16, "L": 32, "BO": 16}, 8),
-     ({"R": 16, "L": 32, "BO": 32}, 16), ({"R": 8, "L": 32, "BO": 64}, 16)],
-    {"R": 2, "L": 8, "BO": 8},
-)
-_BWD_X_CONFIGS = _configs(
-    [({"R": 8, "L": 32, "BI": 16}, 4), ({"R": 8, "L": 32, "BI": 32}, 8), ({"R": 16, "L": 32, "BI": 16}, 8),
-     ({"R": 16, "L": 32, "BI": 32}, 16), ({"R": 8, "L": 32, "BI": 64}, 16)],
-    {"R": 2, "L": 8, "BI": 8},
+_GATHER_CONFIGS = _configs(  # the forward and the input gradient (one kernel)
+    [({"R": 8, "L": 32, "BN": 16}, 4), ({"R": 8, "L": 32, "BN": 32}, 8), ({"R": 16, "L": 32, "BN": 16}, 8),
+     ({"R": 16, "L": 32, "BN": 32}, 16), ({"R": 8, "L": 32, "BN": 64}, 16)],
+    {"R": 2, "L": 8, "BN": 8},
 )
 _BWD_C_CONFIGS = _configs(
     [({"R": 2, "L": 32, "BC": 64}, 4), ({"R": 2, "L": 32, "BC": 128}, 8), ({"R": 1, "L": 32, "BC": 64}, 4),
      ({"R": 2, "L": 32, "BC": 16}, 1)],
     {"R": 2, "L": 8, "BC": 8},
 )
-_TAIL = max(c.kwargs["R"] * c.kwargs["L"] for c in _FWD_CONFIGS + _BWD_X_CONFIGS + _BWD_C_CONFIGS)
+_TAIL = max(c.kwargs["R"] * c.kwargs["L"] for c in _GATHER_CONFIGS + _BWD_C_CONFIGS)
 """Zeros after the last padded row: a block of ``R * L`` rows may run that far past a row's end."""
 
 
 # ----------------------------------------------------------------------------------------------- kernels
-@triton.autotune(configs=_FWD_CONFIGS, key=["W", "O", "K", "J"])
+@triton.autotune(configs=_GATHER_CONFIGS, key=["W", "N", "Q", "J", "SIGN"])
 @triton.jit
-def _forward_kernel(x_ptr, c_ptr, s_ptr, y_ptr, W, O, K, B, J: tl.constexpr,
-                    ACC: tl.constexpr, R: tl.constexpr, L: tl.constexpr, BO: tl.constexpr):
-    """``y[m, o] = sum_k c[k, o] * x[k // J, m - s[k, o] * B]``; x in left-padded rows (row ``i`` at
-    ``x_ptr + i * 2W``: ``W`` zeros, then its ``W`` values), c / s ``[K + 1, O]`` (row ``K`` unused; s = the
-    offsets clamped to ``T``, int32), y ``[W, O]``."""
-    m = tl.program_id(0) * (R * L) + tl.arange(0, R)[:, None, None] * L + tl.arange(0, L)[None, None, :]
-    o = tl.program_id(1) * BO + tl.arange(0, BO)
-    m_ok = m < W  # rows m >= W (last block) read the next row's zeros or the tail; they are not stored
-    o_ok = o < O
-    acc = tl.zeros((R, BO, L), dtype=ACC)
-    c_p = c_ptr + tl.minimum(o, O - 1)  # absent outputs repeat the last one (not stored): loads need no mask
-    s_p = s_ptr + tl.minimum(o, O - 1)
-    c_next = tl.load(c_p)
-    s_next = tl.load(s_p)
-    for k in range(K):
-        c = c_next.to(ACC)
-        shift = s_next * B
-        c_p += O
-        s_p += O
-        c_next = tl.load(c_p)  # the next tap's (row K is padding), in flight during this tap's gather
-        s_next = tl.load(s_p)
-        row = x_ptr + tl.cast(k // J, tl.int64) * (2 * W) + W
-        xv = tl.load((row - shift)[None, :, None] + m)  # shift <= W: at worst the zeros before the row
-        acc += xv.to(ACC) * c[None, :, None]
-    out = y_ptr + m.to(tl.int64) * O + o[None, :, None]
-    tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=m_ok & o_ok[None, :, None])
+def _gather_kernel(src_ptr, c_ptr, s_ptr, dst_ptr, W, N, Q, B, J: tl.constexpr, SIGN: tl.constexpr,
+                   ACC: tl.constexpr, R: tl.constexpr, L: tl.constexpr, BN: tl.constexpr):
+    """``dst[m, n] = sum_q c[q, n] * src[q // J, m + SIGN * s[q, n] * B]``, c / s ``[Q + 1, N]`` (row ``Q`` unused;
+    s = the offsets clamped to ``T``, int32), dst ``[W, N]``.
 
-
-@triton.autotune(configs=_BWD_X_CONFIGS, key=["W", "I", "Q", "J"])
-@triton.jit
-def _grad_x_kernel(gy_ptr, c_ptr, s_ptr, gx_ptr, W, I, Q, B, J: tl.constexpr,
-                   ACC: tl.constexpr, R: tl.constexpr, L: tl.constexpr, BI: tl.constexpr):
-    """``gx[m, i] = sum_q c[q, i] * gy[q // J, m + s[q, i] * B]``; gy in right-padded rows (row ``o`` at
-    ``gy_ptr + o * 2W``: its ``W`` values, then ``W`` zeros), c / s ``[Q + 1, I]`` (``Q = O * J``), gx ``[W, I]``."""
+    Forward (``SIGN = -1``): src = x in left-padded rows (row ``i`` at ``src_ptr + i * 2W``: ``W`` zeros, then its
+    ``W`` values), ``N = O`` outputs, ``Q = I * J`` taps. Input gradient (``SIGN = +1``): src = grad_y in
+    right-padded rows (its ``W`` values, then ``W`` zeros), ``N = I``, ``Q = O * J``.
+    """
     m = tl.program_id(0) * (R * L) + tl.arange(0, R)[:, None, None] * L + tl.arange(0, L)[None, None, :]
-    i = tl.program_id(1) * BI + tl.arange(0, BI)
+    n = tl.program_id(1) * BN + tl.arange(0, BN)
     m_ok = m < W  # rows m >= W (last block) read the next row or the tail; they are not stored
-    i_ok = i < I
-    acc = tl.zeros((R, BI, L), dtype=ACC)
-    c_p = c_ptr + tl.minimum(i, I - 1)
-    s_p = s_ptr + tl.minimum(i, I - 1)
+    n_ok = n < N
+    acc = tl.zeros((R, BN, L), dtype=ACC)
+    c_p = c_ptr + tl.minimum(n, N - 1)  # absent columns repeat the last one (not stored): loads need no mask
+    s_p = s_ptr + tl.minimum(n, N - 1)
     c_next = tl.load(c_p)
     s_next = tl.load(s_p)
     for q in range(Q):
         c = c_next.to(ACC)
         shift = s_next * B
-        c_p += I
-        s_p += I
-        c_next = tl.load(c_p)
+        c_p += N
+        s_p += N
+        c_next = tl.load(c_p)  # the next tap's (row Q is padding), in flight during this tap's gather
         s_next = tl.load(s_p)
-        row = gy_ptr + tl.cast(q // J, tl.int64) * (2 * W)
-        g = tl.load((row + shift)[None, :, None] + m)  # m < W, shift <= W: at worst the zeros after the row
-        acc += g.to(ACC) * c[None, :, None]
-    out = gx_ptr + m.to(tl.int64) * I + i[None, :, None]
-    tl.store(out, acc.to(gx_ptr.dtype.element_ty), mask=m_ok & i_ok[None, :, None])
+        row = src_ptr + tl.cast(q // J, tl.int64) * (2 * W)
+        if SIGN < 0:
+            base = row + W - shift  # shift <= W: at worst the zeros before the row
+        else:
+            base = row + shift  # m < W, shift <= W: at worst the zeros after the row
+        v = tl.load(base[None, :, None] + m)
+        acc += v.to(ACC) * c[None, :, None]
+    out = dst_ptr + m.to(tl.int64) * N + n[None, :, None]
+    tl.store(out, acc.to(dst_ptr.dtype.element_ty), mask=m_ok & n_ok[None, :, None])
 
 
 @triton.autotune(configs=_BWD_C_CONFIGS, key=["W", "O", "K", "J"], reset_to_zero=["gc_ptr"])
@@ -245,8 +219,8 @@ def delay_forward(x: torch.Tensor, coeff: torch.Tensor, offsets: torch.Tensor) -
     xp = _padded_rows(x.detach(), left=True)
     c, s = _tap_table(coeff.detach().permute(1, 2, 0), offsets.permute(1, 2, 0), steps)  # a tap's outputs in a row
     with _on(x):
-        grid = lambda meta: (triton.cdiv(width, meta["R"] * meta["L"]), triton.cdiv(n_out, meta["BO"]))  # noqa: E731
-        _forward_kernel[grid](xp, c, s, y, width, n_out, k, batch, taps, ACC=_acc_dtype(x.dtype))
+        grid = lambda meta: (triton.cdiv(width, meta["R"] * meta["L"]), triton.cdiv(n_out, meta["BN"]))  # noqa: E731
+        _gather_kernel[grid](xp, c, s, y, width, n_out, k, batch, taps, -1, ACC=_acc_dtype(x.dtype))
     return y
 
 
@@ -272,8 +246,8 @@ def delay_backward(
         if need_x:
             gx = x.new_empty(x.shape)  # every entry written by the kernel
             c, s = _tap_table(coeff.detach().permute(0, 2, 1), offsets.permute(0, 2, 1), steps)  # inputs in a row
-            grid = lambda meta: (triton.cdiv(width, meta["R"] * meta["L"]), triton.cdiv(n_in, meta["BI"]))  # noqa: E731
-            _grad_x_kernel[grid](gyp, c, s, gx, width, n_in, n_out * taps, batch, taps, ACC=acc)
+            grid = lambda meta: (triton.cdiv(width, meta["R"] * meta["L"]), triton.cdiv(n_in, meta["BN"]))  # noqa: E731
+            _gather_kernel[grid](gyp, c, s, gx, width, n_in, n_out * taps, batch, taps, 1, ACC=acc)
         if need_coeff:
             xp = _padded_rows(x.detach(), left=True)
             s = offsets.clamp(max=steps).to(torch.int32, memory_format=torch.contiguous_format)
