@@ -51,12 +51,17 @@ def _taps(o, i, k, span, *, seed, sigma_kind="full", outside=0.0, sigma_range=(0
     return w, p, s
 
 
-def _run(op, w, p, s, span, interpolation, g, **fused):
-    leaves = [t.detach().clone().requires_grad_(True) for t in (w, p, s)]
+def _device(backend):
+    """Where a backend's case runs: Triton on the GPU when there is one (else on the CPU, interpreted)."""
+    return "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+
+
+def _run(op, w, p, s, span, interpolation, g, device="cpu", **fused):
+    leaves = [t.detach().clone().to(device).requires_grad_(True) for t in (w, p, s)]
     sig = leaves[2] if interpolation == "gauss" else None
     k = op(leaves[0], leaves[1], sig, span, interpolation, **fused)
-    k.backward(g.to(k.dtype))
-    return k.detach(), [leaf.grad for leaf in leaves]
+    k.backward(g.to(device, k.dtype))
+    return k.detach().cpu(), [None if leaf.grad is None else leaf.grad.cpu() for leaf in leaves]
 
 
 def _reference(w, p, s, span, interpolation, bounds=None, sigma_floor=None):
@@ -104,7 +109,8 @@ def _check(w, p, s, span, interpolation, seed=1, bounds=None, sigma_floor=None, 
     for backend, variant in _fast_backends(s, interpolation, p):
         monkeypatch.setenv(construct.ENV_BACKEND, backend)  # raises rather than falling back
         with _construct_c.variant(variant) if variant else contextlib.nullcontext():
-            k, grads = _run(dcls_kernel, w.float(), p.float(), s.float(), span, interpolation, g, **fused)
+            k, grads = _run(dcls_kernel, w.float(), p.float(), s.float(), span, interpolation, g,
+                            device=_device(backend), **fused)
         what = variant or backend
         assert k.dtype == torch.float32
         _close(k, k_ref, f"kernel ({what})")
@@ -187,12 +193,14 @@ def test_only_some_gradients_and_non_contiguous_upstream(monkeypatch):
     dcls_kernel_reference(w.double(), p_ref, s.double(), (5, 5), "gauss").sum().backward()
     for backend, variant in _fast_backends(s, "gauss", p):
         monkeypatch.setenv(construct.ENV_BACKEND, backend)
-        pb = p.detach().clone().requires_grad_(True)
+        dev = _device(backend)
+        pb = p.detach().clone().to(dev).requires_grad_(True)
+        wb, sb = w.to(dev), s.to(dev)
         with _construct_c.variant(variant) if variant else contextlib.nullcontext():
-            k = dcls_kernel(w, pb, s, (5, 5), "gauss")
+            k = dcls_kernel(wb, pb, sb, (5, 5), "gauss")
             k.sum().backward()  # upstream gradient: an expanded (zero-stride) tensor
-        assert w.grad is None and s.grad is None
-        _close(pb.grad, p_ref.grad, f"grad positions ({variant or backend})")
+        assert wb.grad is None and sb.grad is None
+        _close(pb.grad.cpu(), p_ref.grad, f"grad positions ({variant or backend})")
     assert len(_fast_backends(s, "gauss", p)) == 2 + len(_construct_c.runnable_variants())
 
 
@@ -358,17 +366,18 @@ def test_custom_ops_for_torch_compile(monkeypatch):
     for backend, variant in _fast_backends(s, "gauss", p):
         monkeypatch.setenv(construct.ENV_BACKEND, backend)
         what = variant or backend
+        wd, pd, sd, gd = (t.to(_device(backend)) for t in (w, p, s, g))
         with _construct_c.variant(variant) if variant else contextlib.nullcontext():
-            torch.library.opcheck(construct._forward_op, (w, p, s, [5, 4], True, bounds, 1e-3, backend))
+            torch.library.opcheck(construct._forward_op, (wd, pd, sd, [5, 4], True, bounds, 1e-3, backend))
             torch.library.opcheck(construct._backward_op,
-                                  (g, w, p, s, [5, 4], True, bounds, 1e-3, True, True, True, backend))
+                                  (gd, wd, pd, sd, [5, 4], True, bounds, 1e-3, True, True, True, backend))
             torch._dynamo.reset()
-            leaves = [t.clone().requires_grad_(True) for t in (w, p, s)]
+            leaves = [t.clone().requires_grad_(True) for t in (wd, pd, sd)]
             k = torch.compile(build, backend="aot_eager", fullgraph=True)(*leaves)
-            k.backward(g)
-        _close(k.detach(), k_ref, f"kernel (compiled, {what})")
+            k.backward(gd)
+        _close(k.detach().cpu(), k_ref, f"kernel (compiled, {what})")
         for name, leaf, want in zip(("weight", "positions", "sigma"), leaves, grads_ref):
-            _close(leaf.grad, want, f"grad {name} (compiled, {what})")
+            _close(leaf.grad.cpu(), want, f"grad {name} (compiled, {what})")
 
 
 @pytest.mark.parametrize("interpolation", ["gauss", "bilinear"])
