@@ -8,9 +8,11 @@ For a session without a GPU: what ``bench/gpu.py`` should find, derived from the
 
 Model per layer (batch 64, bf16):
 - tensor-core FLOPs of the three kernels (forward, input gradient, kernel gradient): ``2 * rows * C * SY *
-  (NCH * BK) * BX * column_blocks`` each, run at ``EFFICIENCY`` of the H200's dense bf16 rate;
-- HBM bytes: input read and output written by each kernel (3 kernels, 2 tensors each), at 4.8 TB/s;
-- time = FLOP time + byte time (no overlap assumed: conservative).
+  (NCH * BK) * BX * column_blocks`` each (the kernel gradient with its own single wide chunk), run at
+  ``EFFICIENCY`` of the H200's dense bf16 rate;
+- HBM bytes: input read and output written by each kernel (3 kernels, 2 tensors each), at 4.8 TB/s; the kernel
+  gradient's re-reads of ``x`` and ``dy`` tiles from L2 (once per kernel row) at 8 TB/s;
+- time = FLOP time + byte times (no overlap assumed: conservative).
 """
 
 from __future__ import annotations
@@ -24,21 +26,32 @@ from dclszoo.kernels._dwconv_triton import blocks  # noqa: E402
 PEAK_BF16 = 790e12  # dense bf16 FLOP/s of an H200 as the device README gives it
 EFFICIENCY = 0.35  # assumed fraction of it reached by 64 x 16..64 x 64 Triton dots fed from L1/L2
 HBM = 4.8e12  # bytes/s
+L2 = 8e12  # bytes/s, a conservative L2 read rate (the kernel gradient re-reads its tiles from L2 per kernel row)
 STAGES = ((96, 56, 3), (192, 28, 3), (384, 14, 9), (768, 7, 3))  # channels, size, blocks of ConvNeXt-T
 # cuDNN depthwise forward, bf16, batch 64, ms (CONTEXT.md §8): 7x7 NCHW, 7x7 channels_last, direct Triton 17x17
 ANCHORS = {56: (0.66, 0.14, 1.11), 28: (0.35, 0.087, 0.58), 14: (0.18, 0.047, 0.30), 7: (0.097, 0.034, 0.18)}
 PRESETS = {"convnext_tiny (34 taps, 17x17)": 17, "convnext_tiny_gauss (26 taps, 23x23)": 23}
 
 
+def _flop(rows: int, channels: int, span: int, bk: int, nch: int, bx: int, col_blocks: int) -> float:
+    return 2 * rows * channels * span * nch * bk * bx * col_blocks
+
+
 def layer_ms(channels: int, size: int, span: int, batch: int = 64, efficiency: float = EFFICIENCY) -> tuple:
-    """(forward ms, forward + backward ms, GFLOP of the forward) of one layer."""
+    """(forward ms, forward + backward ms, GFLOP of the forward) of one layer: forward and input gradient with
+    the forward's tiles, the kernel gradient with one chunk of ``pow2(BX + SX - 1)`` columns where <= 128."""
     b = blocks(size, span, batch * size)
     rows = -(-batch * size // b["BM"]) * b["BM"]
     col_blocks = -(-size // b["BX"])
-    flop = 2 * rows * channels * span * b["NCH"] * b["BK"] * b["BX"] * col_blocks
+    flop = _flop(rows, channels, span, b["BK"], b["NCH"], b["BX"], col_blocks)
+    wide = 1 << (b["BX"] + span - 2).bit_length()
+    flop_k = _flop(rows, channels, span, wide, 1, b["BX"], col_blocks) if wide <= 128 else flop
     bytes_ = 2 * batch * channels * size * size * 2  # bf16 in + out
-    fwd = (flop / (efficiency * PEAK_BF16) + bytes_ / HBM) * 1e3
-    return fwd, 3 * fwd, flop / 1e9
+    rate = efficiency * PEAK_BF16
+    fwd = (flop / rate + bytes_ / HBM) * 1e3
+    # kernel gradient: every (channel, kernel row, column block) program reads its rows of x and dy from L2
+    l2_k = channels * span * col_blocks * rows * (b["BX"] + (wide if wide <= 128 else b["NCH"] * b["BK"])) * 2
+    return fwd, 2 * fwd + (flop_k / rate + bytes_ / HBM + l2_k / L2) * 1e3, flop / 1e9
 
 
 def main() -> None:

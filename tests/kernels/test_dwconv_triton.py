@@ -44,6 +44,7 @@ CASES = [
     ((3, 4, 20), (7,), "same"),  # 1-D
     ((2, 3, 70), (31,), "same"),  # 1-D, conformer-like kernel, two column blocks
     ((2, 2, 1, 5), (1, 3), (0, 1)),
+    ((1, 2, 80), (71,), "same"),  # 64 + 70 input columns: the kernel gradient in several chunks
 ]
 
 
