@@ -22,7 +22,7 @@ import dclszoo
 from dclszoo import _plugins
 
 THIRDPARTY = Path(__file__).resolve().parents[1] / "thirdparty_plugin"
-BUILTINS = "timm,spikingjelly"
+BUILTINS = "timm,spikingjelly,hf_audio"
 # Modules the tests create or import; dropped from sys.modules after each test.
 TEST_MODULES = ("toyzoo", "dclszoo_toyzoo", "tp_")
 
@@ -80,6 +80,7 @@ def test_builtin_entry_points_are_declared():
     eps = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="dclszoo")}
     assert eps.get("timm") == "dclszoo.plugins.timm_dcls.plugin"
     assert eps.get("spikingjelly") == "dclszoo.plugins.spikingjelly_delays.plugin"
+    assert eps.get("hf_audio") == "dclszoo.plugins.hf_audio.plugin"
 
 
 def test_import_does_not_load_plugins(tmp_path, monkeypatch):
