@@ -38,7 +38,7 @@ import torch.nn as nn
 from dclszoo.modules import DclsConvNd
 
 from .families import DCLS_SUFFIX, FAMILIES, dense_model_type
-from .patch import WEIGHT_NORM_ATTR, model_family, patch_with_spec, restore_weight_norm
+from .patch import model_family, patch_with_spec, restore_weight_norm
 from .spec import AudioPatchSpec
 
 __all__ = ["DclsAudioMixin", "SPEC_ATTR", "dcls_config_class", "dcls_model_class", "adopt", "release",
@@ -268,7 +268,6 @@ def release(model: nn.Module) -> None:
         _swap_config(model, dense.config_class, None)
         model.__class__ = dense
     model.__dict__.pop(CONFIG_ATTR, None)
-    model.__dict__.pop(WEIGHT_NORM_ATTR, None)
 
 
 # --------------------------------------------------------------------------- Auto registration

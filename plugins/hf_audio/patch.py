@@ -20,6 +20,7 @@ Conversion is function-preserving (``DclsConvNd.from_dense``):
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable
 
 import torch
@@ -41,6 +42,7 @@ __all__ = ["PLUGIN", "is_transformers_model", "is_audio_model", "model_family", 
 
 PLUGIN = "hf_audio"
 WEIGHT_NORM_ATTR = "dclszoo_weight_norm"  # {module name: weight-norm dim} of the convs folded at patch time
+KERNELS_ATTR = "dclszoo_dense_kernels"  # {module name: kernel size} of the convs replaced, as the config builds them
 _DENSE = {nn.Conv1d: DclsConv1d, nn.Conv2d: DclsConv2d}
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -280,6 +282,7 @@ def patch_with_spec(model: nn.Module, spec: AudioPatchSpec, filter_fn: FilterFn 
     chosen = resolve(model, spec, filter_fn)
     new: dict[str, tuple[nn.Module, DclsConvNd]] = {}
     folded: dict[str, int] = {}
+    kernels = {fqn: tuple(conv.kernel_size) for fqn, (conv, _, _) in chosen.items()}
     for fqn, (conv, config, causal) in chosen.items():
         dim = _weight_norm_dim(conv)
         if dim is not None:
@@ -293,11 +296,31 @@ def patch_with_spec(model: nn.Module, spec: AudioPatchSpec, filter_fn: FilterFn 
     report = replace_modules(model, make, plugin=PLUGIN)
     if folded:
         model.__dict__[WEIGHT_NORM_ATTR] = dict(model.__dict__.get(WEIGHT_NORM_ATTR, {}), **folded)
+    if report.replaced:
+        model.__dict__[KERNELS_ATTR] = dict(model.__dict__.get(KERNELS_ATTR, {}), **kernels)
     return report
 
 
 def restore_weight_norm(model: nn.Module) -> None:
-    """After ``to_dense``: weight-norm the dense convs that were weight-normed before patching (same output)."""
+    """After ``to_dense``: weight-norm the dense convs that were weight-normed before patching (same output), and
+    warn when a dense conv is now larger than its config says (the model works, but its config cannot rebuild it)."""
+    kernels = model.__dict__.pop(KERNELS_ATTR, None) or {}
+    grown = []
+    for fqn, kernel in kernels.items():
+        try:
+            conv = model.get_submodule(fqn)
+        except AttributeError:
+            continue
+        if tuple(getattr(conv, "kernel_size", kernel)) != kernel:
+            grown.append(f"{fqn}: {kernel} -> {tuple(conv.kernel_size)}")
+    if grown:
+        warnings.warn(
+            f"to_dense: {len(grown)} convolution(s) now have the DCLS span as kernel size ({'; '.join(grown[:3])}"
+            f"{' ...' if len(grown) > 3 else ''}); the output is unchanged, but the model's config still describes "
+            f"the old kernel sizes, so save_pretrained / from_pretrained cannot rebuild this dense model. Patch with "
+            f"span = kernel size (the default) for a dense export that reloads as the original architecture.",
+            UserWarning, stacklevel=4,
+        )
     folded = model.__dict__.pop(WEIGHT_NORM_ATTR, None) or {}
     for fqn, dim in folded.items():
         try:
