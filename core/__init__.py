@@ -10,6 +10,8 @@ from ._plugins import PluginInfo, PluginLoadError, PluginValidationError, enable
 from .api import is_patched, patch, to_dense, unpatch
 from .config import DclsConfig, DelayConfig, config_from_dict
 from .hookspecs import hookimpl
+from . import hub
+from .hub import CheckpointError, from_pretrained, push_to_hub, save_pretrained
 from .modules import DclsConv1d, DclsConv2d, DclsConv3d, DclsConvNd, DelayedConv1d, DelayedConv2d, DelayedLinear
 from .patching import replace_modules
 from .report import PatchReport, ReplacedModule
@@ -41,6 +43,12 @@ __all__ = [
     "PatchReport",
     "ReplacedModule",
     "replace_modules",
+    # saving and loading (dclszoo.hub)
+    "hub",
+    "save_pretrained",
+    "push_to_hub",
+    "from_pretrained",
+    "CheckpointError",
     # plugins
     "enable",
     "plugins",

@@ -89,3 +89,65 @@ def dclszoo_after_unpatch(model: "nn.Module") -> None:
     For bookkeeping a zoo needs after modules are swapped back (e.g. SpikingJelly's reset cache, timm's
     ``pretrained_cfg['architecture']``). Every implementation is called; return values are ignored.
     """
+
+
+# --------------------------------------------------------------------------- saving and loading (dclszoo.hub)
+
+
+@hookspec(firstresult=True)
+def dclszoo_describe_model(model: "nn.Module") -> "dict[str, Any] | None":
+    """Say how to rebuild ``model``'s architecture, for :func:`dclszoo.save_pretrained` / ``push_to_hub``.
+
+    Called before saving; the first plugin that recognises the model answers and is recorded as the checkpoint's
+    ``plugin``: :func:`dclszoo.from_pretrained` requires that plugin to be installed, and asks it (and only it)
+    to rebuild the model with :func:`dclszoo_build_model`. A model no plugin describes is saved as a plain torch
+    model (rebuilt from a registered builder, :func:`dclszoo.hub.register_builder`, or from ``model=``).
+
+    Args:
+        model: The model being saved (patched or not; never wrapped by DDP/FSDP: the caller unwraps it).
+
+    Returns:
+        None for "not my model", else a JSON-serialisable dict (every key optional):
+
+        - ``architecture`` (str or None): the zoo's name for the unpatched architecture (timm:
+          ``"convnext_atto"``), or None when the zoo has no registry (a SpikingJelly network: rebuilt from a
+          builder or ``model=``).
+        - ``model_args`` (dict): keyword arguments that rebuild it (timm: ``num_classes``, ``depths``, ...).
+        - ``base_model`` / ``base_revision`` (str or None): the zoo-native pretrained checkpoint these
+          weights started from (timm: ``pretrained_cfg['hf_hub_id']``); the default base of adapter saves.
+        - ``pip`` (str): what to install to load it, for error messages (default: the plugin's distribution).
+        - ``tags`` (list of str): extra model-card tags (``"image-classification"``).
+    """
+
+
+@hookspec(firstresult=True)
+def dclszoo_build_model(spec: "dict[str, Any]", pretrained: bool) -> "nn.Module | None":
+    """Rebuild the model a checkpoint describes; called by :func:`dclszoo.from_pretrained` on the plugin
+    recorded in the checkpoint only.
+
+    Args:
+        spec: What this plugin's :func:`dclszoo_describe_model` returned when the model was saved: keys
+            ``architecture``, ``model_args``, ``base_model``, ``base_revision`` (the last two possibly set by
+            the user at save time).
+        pretrained: False: weights do not matter (they are loaded from the checkpoint next; build without
+            downloading anything). True (adapter checkpoints): load the pretrained weights of
+            ``spec['base_model']`` at ``spec['base_revision']``, as the zoo's own loader does.
+
+    Returns:
+        The model, unpatched (dclszoo then applies the saved patch config) or already patched with that config
+        (e.g. a zoo class that builds DCLS layers itself); None if the spec is not buildable by this plugin (the
+        error then tells the user to pass ``model=``).
+    """
+
+
+@hookspec(firstresult=True)
+def dclszoo_save_native(model: "nn.Module", save_directory: str) -> "list[str] | None":
+    """Write the zoo's own files next to a full dclszoo checkpoint, so the zoo's loader reads it too.
+
+    Called by :func:`dclszoo.save_pretrained` (full checkpoints only, not adapters) on the plugin that described
+    the model, after ``model.safetensors`` (the model's ``state_dict``, safetensors metadata ``format: pt``) has
+    been written. Example: timm's ``config.json``, so ``timm.create_model("hf-hub:<repo>")`` loads the same repo.
+
+    Returns:
+        The names of the files written (listed in ``dclszoo_config.json``), or None.
+    """

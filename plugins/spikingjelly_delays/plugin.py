@@ -38,3 +38,14 @@ def dclszoo_after_unpatch(model) -> None:
     from .patch import after_unpatch
 
     after_unpatch(model)
+
+
+@hookimpl
+def dclszoo_describe_model(model):
+    """SpikingJelly networks are user-built (no registry): recorded with this plugin, rebuilt from a builder
+    (``dclszoo.hub.register_builder``) or from ``from_pretrained(..., model=net)``."""
+    from .patch import is_spikingjelly_net
+
+    if not is_spikingjelly_net(model):
+        return None
+    return {"architecture": None, "pip": "dclszoo[snn]", "tags": ["spikingjelly", "spiking-neural-network"]}

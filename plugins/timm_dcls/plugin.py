@@ -45,3 +45,24 @@ def dclszoo_after_unpatch(model) -> None:
 
     if is_timm_model(model):
         clear_timm_metadata(model)
+
+
+@hookimpl
+def dclszoo_describe_model(model):
+    from .hub import describe_timm_model
+
+    return describe_timm_model(model)
+
+
+@hookimpl
+def dclszoo_build_model(spec, pretrained):
+    from .hub import build_timm_model
+
+    return build_timm_model(spec, pretrained)
+
+
+@hookimpl
+def dclszoo_save_native(model, save_directory):
+    from .hub import save_timm_config
+
+    return save_timm_config(model, save_directory)
