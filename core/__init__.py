@@ -10,7 +10,7 @@ from ._plugins import PluginInfo, PluginLoadError, PluginValidationError, enable
 from .api import is_patched, patch, to_dense, unpatch
 from .config import DclsConfig, DelayConfig, config_from_dict
 from .hookspecs import hookimpl
-from . import hub
+from . import hub, training
 from .hub import CheckpointError, from_pretrained, push_to_hub, save_pretrained
 from .modules import DclsConv1d, DclsConv2d, DclsConv3d, DclsConvNd, DelayedConv1d, DelayedConv2d, DelayedLinear
 from .patching import replace_modules
@@ -49,6 +49,7 @@ __all__ = [
     "push_to_hub",
     "from_pretrained",
     "CheckpointError",
+    "training",
     # plugins
     "enable",
     "plugins",
