@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from dclszoo.config import DclsConfig
 from dclszoo.modules import DclsConvNd
 
 from .families import DCLS_SUFFIX, FAMILIES, dense_model_type
@@ -127,10 +128,13 @@ def _swap_config(model: nn.Module, new_cls: type, spec: dict | None) -> None:
 
 
 def _spec_of(config: Any, model: nn.Module) -> AudioPatchSpec:
+    """``config.dcls``: a spec dict, or just a ``DclsConfig`` (or its dict) for the family's default targets."""
     data = getattr(config, SPEC_ATTR, None)
-    if data:
-        return AudioPatchSpec.from_dict(data)
-    return AudioPatchSpec.build(None, None, model_family(model).default)
+    if isinstance(data, dict) and data.get("config_type") == "DclsConfig":
+        data = DclsConfig.from_dict(data)
+    if isinstance(data, DclsConfig) or not data:
+        return AudioPatchSpec.build(data or None, None, model_family(model).default)
+    return AudioPatchSpec.from_dict(data)
 
 
 # --------------------------------------------------------------------------- models

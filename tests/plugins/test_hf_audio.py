@@ -428,6 +428,21 @@ def test_filter_fn_is_recorded_so_reloading_builds_the_same_layers(tmp_path):
 
 
 # --------------------------------------------------------------------------- registry and pipeline
+def test_dcls_model_type_from_a_config():
+    """A DCLS model built from its config alone (training from scratch): config.dcls may be a DclsConfig."""
+    reference, inputs, *_ = _build("wav2vec2-conformer")
+    config = dcls_models.dcls_config_class(type(reference.config)).from_dict(
+        dict(reference.config.to_dict(), dcls=DclsConfig(span=11).to_dict()))
+    model = transformers.AutoModelForCTC.from_config(config)
+    assert type(model).__name__ == "DclsWav2Vec2ConformerForCTC"
+    convs = _dcls_modules(model)
+    assert len(convs) == 2 and all(m.span == (11,) for m in convs.values())
+    assert model.config.dcls["modules"] == {f"encoder.layers.{i}.conv_module.depthwise_conv": 0 for i in range(2)}
+    out = _output(model, inputs(0))
+    out.float().square().mean().backward()
+    assert all(m.positions.grad.abs().sum() > 0 for m in convs.values())
+
+
 def test_every_family_is_registered_with_the_auto_classes():
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
