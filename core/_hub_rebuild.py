@@ -185,8 +185,9 @@ def _plugin_impl(hook_name: str, plugin: str):
 
 
 def build(config: CheckpointConfig, pretrained: bool, where: str) -> nn.Module:
-    """Build the model ``config`` describes: its builder, else its plugin's ``dclszoo_build_model``."""
-    if config.builder is not None:
+    """Build the model ``config`` describes: its builder, else its plugin's ``dclszoo_build_model``. With
+    ``pretrained`` (the zoo-native base of an adapter) only the plugin can: a builder makes untrained weights."""
+    if config.builder is not None and not pretrained:
         return _from_builder(config.builder, where)
     model = None
     if config.plugin is not None and config.architecture is not None:
@@ -198,6 +199,14 @@ def build(config: CheckpointConfig, pretrained: bool, where: str) -> nn.Module:
             if model is not None and not isinstance(model, nn.Module):
                 raise TypeError(f"dclszoo plugin {config.plugin!r}: dclszoo_build_model returned "
                                 f"{type(model).__name__}; expected an nn.Module or None.")
+    if model is None and pretrained:
+        raise CheckpointError(
+            f"{where} is an adapter on {config.base_model!r}"
+            + (f" (revision {config.base_revision!r})" if config.base_revision else "")
+            + (f", which its plugin {config.plugin!r} cannot load" if config.plugin else
+               ", which dclszoo cannot load without a plugin (a builder makes untrained weights)")
+            + ". Pass model=<the base model with its weights> to from_pretrained."
+        )
     if model is None:
         what = f"architecture {config.architecture!r}" if config.architecture else f"a {config.model_class or 'model'}"
         by = f"plugin {config.plugin!r}" if config.plugin else "no plugin"

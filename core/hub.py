@@ -227,6 +227,9 @@ class _Source:
     def __init__(self, ref: str | os.PathLike, revision: str | None, hub_kwargs: dict) -> None:
         self.local = Path(ref) if Path(ref).is_dir() else None
         self.ref, self.revision, self.hub_kwargs = os.fspath(ref), revision, hub_kwargs
+        if self.local is None and (isinstance(ref, os.PathLike) or Path(ref).exists() or self.ref.count("/") > 1
+                                   or self.ref.startswith((".", "/", "~")) or "\\" in self.ref):
+            raise CheckpointError(f"{self.ref!r} is neither a checkpoint directory nor a Hub repo id ('owner/name').")
         if self.local is not None and revision is not None:
             raise ValueError(f"revision={revision!r} applies to Hub repos; {self.ref!r} is a local directory.")
 
@@ -287,7 +290,18 @@ def _read_weights(source: _Source, config: CheckpointConfig, allow_pickle: bool)
 
 
 def _patch(model: nn.Module, config: CheckpointConfig, where: str) -> None:
-    if config.patch_config is None or is_patched(model):
+    if config.patch_config is None:
+        return
+    if is_patched(model):  # a model= patched by the caller (or a plugin that builds DCLS layers): same config?
+        own = getattr(model, "dclszoo_config", None)
+        own = own.to_dict() if hasattr(own, "to_dict") else None
+        if own is not None and own != config.patch_config:
+            diff = sorted(k for k in set(own) | set(config.patch_config) if own.get(k) != config.patch_config.get(k))
+            raise CheckpointError(
+                f"{where}: the model is patched with another config than the checkpoint's (differs in {diff}: "
+                f"{ {k: own.get(k) for k in diff} } vs { {k: config.patch_config.get(k) for k in diff} }); pass an "
+                f"unpatched model= (it is patched with the saved config) or one patched identically."
+            )
         return
     try:
         patch_config = config_from_dict(config.patch_config)

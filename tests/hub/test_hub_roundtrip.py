@@ -235,6 +235,11 @@ def test_adapter_on_a_dclszoo_base_and_a_changed_base(tmp_path):
     given = dclszoo.from_pretrained(tmp_path / "base")
     assert torch.equal(run(dclszoo.from_pretrained(tmp_path / "adapter", model=given), x), expected)
 
+    config = json.loads((tmp_path / "adapter" / CONFIG_NAME).read_text())
+    (tmp_path / "adapter" / CONFIG_NAME).write_text(json.dumps(dict(config, base_format="native")))
+    with pytest.raises(CheckpointError, match=r"cannot load without a plugin \(a builder .*\). Pass model="):
+        dclszoo.from_pretrained(tmp_path / "adapter")  # a builder cannot load pretrained weights
+
     dclszoo.save_pretrained(model, tmp_path / "no-head", adapter=True, base_model=tmp_path / "base")
     with pytest.warns(UserWarning, match=r"1 base tensor\(s\) differ.*'7.weight'.*extra_modules"):
         dclszoo.from_pretrained(tmp_path / "no-head")

@@ -148,6 +148,11 @@ def test_shape_and_key_mismatches_name_the_key(saved):
         dclszoo.from_pretrained(ckpt)
     _edit_config(ckpt, builder=config["builder"])
 
+    model = _skeleton()  # patched by the caller with another span: same tensor shapes, another function
+    dclszoo.patch(model, DclsConfig(span=9))
+    with pytest.raises(CheckpointError, match=r"patched with another config.*differs in \['span'\]: \{'span': 9\}"):
+        dclszoo.from_pretrained(ckpt, model=model)
+
     model = _skeleton()
     model.append(torch.nn.Linear(3, 3))  # an extra layer the checkpoint does not have
     missing = r"the rebuilt model has key\(s\) '8.bias', '8.weight'.*model= you passed"
@@ -168,3 +173,5 @@ def test_not_a_dclszoo_checkpoint(tmp_path, local_hub):
         dclszoo.from_pretrained(repo)
     with pytest.raises(ValueError, match="applies to Hub repos"):
         dclszoo.from_pretrained(tmp_path, revision="main")
+    with pytest.raises(CheckpointError, match="neither a checkpoint directory nor a Hub repo id"):
+        dclszoo.from_pretrained(tmp_path / "missing")
