@@ -484,3 +484,25 @@ def test_importing_the_plugin_imports_neither_transformers_nor_timm(tmp_path):
             "heavy = [m for m in ('transformers', 'timm', 'triton', 'torchaudio') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, timeout=120)
+
+
+def test_push_to_local_hub_and_reload_by_repo_id(local_hub):
+    """Zoo-native Hub round trip through the test session's loopback Hub: a DCLS model pushed with push_to_hub
+    reloads by repo id; a dense repo loads into the DCLS type converted."""
+    import uuid
+
+    reference, inputs, *_ = _build("hubert")
+    dense_id = f"tester/hubert-dense-{uuid.uuid4().hex[:6]}"
+    reference.push_to_hub(dense_id)
+    model = dcls_models.dcls_model_class(type(reference)).from_pretrained(dense_id).eval()
+    with torch.no_grad():
+        _close(_output(model, inputs(0)), _output(reference, inputs(0)))
+    _perturb(model)
+    with torch.no_grad():
+        trained = _output(model, inputs(0))
+    repo_id = f"tester/hubert-dcls-{uuid.uuid4().hex[:6]}"
+    model.push_to_hub(repo_id)
+    loaded = transformers.AutoModelForCTC.from_pretrained(repo_id).eval()
+    assert type(loaded) is type(model)
+    with torch.no_grad():
+        _close(_output(loaded, inputs(0)), trained, rel=1e-6)
