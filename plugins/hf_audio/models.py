@@ -127,9 +127,9 @@ def _swap_config(model: nn.Module, new_cls: type, spec: dict | None) -> None:
             module.config = new
 
 
-def _spec_of(config: Any, model: nn.Module) -> AudioPatchSpec:
-    """``config.dcls``: a spec dict, or just a ``DclsConfig`` (or its dict) for the family's default targets."""
-    data = getattr(config, SPEC_ATTR, None)
+def _spec_of(data: Any, model: nn.Module) -> AudioPatchSpec:
+    """The spec ``config.dcls`` holds: a spec dict, or just a ``DclsConfig`` (or its dict) for the family's default
+    targets, or nothing (the family's defaults, exact conversion)."""
     if isinstance(data, dict) and data.get("config_type") == "DclsConfig":
         data = DclsConfig.from_dict(data)
     if isinstance(data, DclsConfig) or not data:
@@ -145,7 +145,7 @@ class DclsAudioMixin:
 
     def __init__(self, config, *args, **kwargs) -> None:
         super().__init__(config, *args, **kwargs)
-        spec = _spec_of(config, self)
+        spec = _spec_of(getattr(config, SPEC_ATTR, None), self)
         patch_with_spec(self, spec)
         setattr(self.config, SPEC_ATTR, spec.to_dict())
         self.__dict__[CONFIG_ATTR] = spec.targets[0][1] if spec.targets else None
@@ -214,8 +214,7 @@ def _from_dense_checkpoint(cls: type, path: Any, *model_args, **kwargs):
         kwargs["config"] = config
 
     def convert(model: nn.Module) -> None:
-        spec = AudioPatchSpec.from_dict(spec_data) if spec_data else AudioPatchSpec.build(
-            None, None, model_family(model).default)
+        spec = _spec_of(spec_data, model)
         with torch.no_grad():
             patch_with_spec(model, spec)
         adopt(model, spec, cls)
