@@ -29,12 +29,12 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import dclszoo
 from dclszoo import DclsConfig, DclsConvNd
 from dclszoo.tasks import AudioEventTask
+from dclszoo.training import param_groups  # positions / sigma: their own group, scaled LR, no weight decay
 
 SAMPLE_RATE = 16000
 
@@ -57,20 +57,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--cpu", action="store_true", help="run on the CPU even if an accelerator is present")
     p.add_argument("--mixed-precision", default="no", choices=("no", "bf16", "fp16"))
     return p.parse_args(argv)
-
-
-def param_groups(model: nn.Module, lr: float, position_lr_scale: float, weight_decay: float) -> list[dict]:
-    """DCLS positions and sigma in their own group (scaled LR, no weight decay); biases and norms without decay."""
-    dcls = [m for m in model.modules() if isinstance(m, DclsConvNd)]
-    dcls_ids = {id(m.positions) for m in dcls} | {id(m.sigma) for m in dcls if isinstance(m.sigma, nn.Parameter)}
-    positions, decay, no_decay = [], [], []
-    for p in {id(p): p for p in model.parameters() if p.requires_grad}.values():
-        (positions if id(p) in dcls_ids else decay if p.ndim >= 2 else no_decay).append(p)
-    return [
-        {"params": decay, "lr": lr, "weight_decay": weight_decay},
-        {"params": no_decay, "lr": lr, "weight_decay": 0.0},
-        {"params": positions, "lr": lr * position_lr_scale, "weight_decay": 0.0},
-    ]
 
 
 def tiny_dense_checkpoint(directory: Path, task: AudioEventTask) -> Path:
@@ -145,6 +131,8 @@ def main(argv=None) -> dict:
 
     # patch before building the optimizer and before prepare()
     optimizer = torch.optim.AdamW(param_groups(model, args.lr, args.position_lr_scale, args.weight_decay))
+    accelerator.print("param groups:", {g["name"]: (len(g["params"]), g["lr"], g["weight_decay"])
+                                        for g in optimizer.param_groups})
     train_loader = DataLoader(TensorDataset(x_train, y_train), batch_size=args.batch_size, shuffle=True,
                               generator=torch.Generator().manual_seed(args.seed))
     test_loader = DataLoader(TensorDataset(x_test, y_test), batch_size=64)
