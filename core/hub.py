@@ -135,8 +135,6 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *, adap
     model = _unwrap(model)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model={type(model).__name__}: expected a torch.nn.Module.")
-    directory = Path(save_directory)
-    directory.mkdir(parents=True, exist_ok=True)
     plugin, spec = _hub_rebuild.describe(model)
     state = dict(model.state_dict() if state_dict is None else state_dict)
     extra = [str(e) for e in ([extra_modules] if isinstance(extra_modules, str) else extra_modules)]
@@ -155,6 +153,9 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *, adap
         if base_model is not None:
             base_format, base_ref = "dclszoo", os.fspath(base_model)
             if Path(base_ref).is_dir():
+                if not (Path(base_ref) / CONFIG_NAME).is_file():
+                    raise ValueError(f"base_model={base_ref!r} is a directory without {CONFIG_NAME}; save the base "
+                                     f"with dclszoo.save_pretrained first (or base_model=None for the zoo's own base).")
                 base_ref = str(Path(base_ref).resolve())
         else:
             base_format, base_ref = "native", spec.get("base_model")
@@ -172,17 +173,24 @@ def save_pretrained(model: nn.Module, save_directory: str | os.PathLike, *, adap
         if base_model is not None or extra:
             raise ValueError("base_model and extra_modules apply to adapters only; pass adapter=True.")
         weights = FULL_WEIGHTS
-    write_safetensors(state, directory / weights, metadata={"format": "pt", "dclszoo_version": __version__})
-    native = [] if adapter else _hub_rebuild.save_native(plugin, model, str(directory))
     config = CheckpointConfig(
-        mode="adapter" if adapter else "full", weights=weights, weights_sha256=file_sha256(directory / weights),
-        plugin=plugin, plugin_version=spec.get("plugin_version"), pip=spec.get("pip"),
-        architecture=spec.get("architecture"), model_args=dict(spec.get("model_args") or {}),
-        builder=copy.deepcopy(model.__dict__.get(BUILDER_ATTR)),
-        model_class=f"{type(model).__module__}.{type(model).__qualname__}",
-        patch_config=_patch_config_dict(model), module_attributes=_module_attributes(model), native_files=native,
-        dclszoo_version=__version__, torch_version=torch.__version__, **fields,
+        mode="adapter" if adapter else "full", weights=weights, plugin=plugin,
+        plugin_version=spec.get("plugin_version"), pip=spec.get("pip"), architecture=spec.get("architecture"),
+        model_args=dict(spec.get("model_args") or {}), builder=copy.deepcopy(model.__dict__.get(BUILDER_ATTR)),
+        model_class=f"{type(model).__module__}.{type(model).__qualname__}", patch_config=_patch_config_dict(model),
+        module_attributes=_module_attributes(model), dclszoo_version=__version__, torch_version=torch.__version__,
+        **fields,
     )
+    try:
+        config.to_json()  # everything must be JSON before the first file is written
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"the description of this {type(model).__name__} (plugin {plugin!r}) is not JSON: {exc}; "
+                        f"{CONFIG_NAME} can only hold JSON values.") from None
+    directory = Path(save_directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_safetensors(state, directory / weights, metadata={"format": "pt", "dclszoo_version": __version__})
+    config.weights_sha256 = file_sha256(directory / weights)
+    config.native_files = [] if adapter else _hub_rebuild.save_native(plugin, model, str(directory))
     (directory / CONFIG_NAME).write_text(config.to_json(indent=2) + "\n", encoding="utf-8")
     tags = list(spec.get("tags") or []) + list(model_card_tags)
     (directory / README).write_text(model_card(config, model, tags, _card_ref or str(directory)), encoding="utf-8")
