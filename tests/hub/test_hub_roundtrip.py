@@ -285,3 +285,23 @@ def test_plugin_not_installed_says_what_to_install(toyhub, tmp_path, monkeypatch
     message = str(err.value)
     assert "plugin 'toyhub' 0.3.0" in message and "not installed" in message
     assert "pip install 'dclszoo-toyhub'" in message and "Enabled plugins: [" in message
+
+
+def test_transformers_audio_model_round_trip_with_model_argument(tmp_path):
+    """A transformers audio model patched by the hf_audio plugin: saved, then reloaded into an unpatched instance
+    (the plugin answers no describe / build hook yet, so the checkpoint names no architecture)."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.Wav2Vec2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, conv_dim=(16, 16, 16),
+        conv_stride=(5, 2, 2), conv_kernel=(10, 3, 3), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+        num_labels=3)
+    torch.manual_seed(0)
+    model = transformers.Wav2Vec2ForSequenceClassification(config).eval()
+    dclszoo.patch(model, DclsConfig(span=24))
+    perturb(model)
+    x = torch.randn(2, 4000, generator=torch.Generator().manual_seed(0))
+    expected = run(model, x).logits
+    dclszoo.save_pretrained(model, tmp_path / "w2v")
+    torch.manual_seed(9)
+    loaded = dclszoo.from_pretrained(tmp_path / "w2v", model=transformers.Wav2Vec2ForSequenceClassification(config))
+    assert type(loaded) is type(model) and torch.equal(run(loaded, x).logits, expected)
