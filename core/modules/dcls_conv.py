@@ -153,10 +153,20 @@ class DclsConvNd(nn.Module):
 
     @torch.no_grad()
     def clamp_parameters(self) -> None:
-        """Clamp stored positions into the span (done automatically after every optimizer step)."""
+        """Clamp stored positions into the span (done automatically after every optimizer step).
+
+        Under FSDP the stored tensor is, between steps, a flat shard of any length (possibly empty): it is clamped
+        element-wise when every axis has the same bounds, and left to the forward's straight-through clamp
+        otherwise (which keeps the values used in range).
+        """
         lo, hi = self.position_bounds
+        p = self.positions
+        if p.dim() != self._ndim + 3:  # a flattened (FSDP) shard: the axis of an element is unknown here
+            if len(set(lo)) == 1 and len(set(hi)) == 1 and p.numel():
+                p.clamp_(lo[0], hi[0])
+            return
         for d in range(self._ndim):
-            self.positions[d].clamp_(lo[d], hi[d])
+            p[d].clamp_(lo[d], hi[d])
 
     def effective_positions(self) -> torch.Tensor:
         """Positions used by the forward: clamped into the span, with an identity gradient."""
