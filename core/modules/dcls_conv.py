@@ -161,7 +161,7 @@ class DclsConvNd(nn.Module):
         """
         lo, hi = self.position_bounds
         p = self.positions
-        if p.dim() != self._ndim + 3:  # a flattened (FSDP) shard: the axis of an element is unknown here
+        if p.dim() != 4:  # [ndim, O, I/g, K], or a flattened (FSDP) shard: the axis of an element is unknown here
             if len(set(lo)) == 1 and len(set(hi)) == 1 and p.numel():
                 p.clamp_(lo[0], hi[0])
             return

@@ -422,13 +422,13 @@ def test_clamp_of_a_flattened_shard():
     """FSDP leaves parameters as flat shards between steps (of any length, possibly empty): the step clamp must
     neither fail nor clamp an element by another axis's bounds."""
     torch.manual_seed(0)
-    m = dclszoo.DclsConv2d(4, 4, 3, 7, padding="same", groups=4)
+    m = DclsConv2d(4, 4, 3, 7, padding="same", groups=4)
     full = m.positions.detach().clone()
     for shard in (full.flatten()[5:17].clone() * 10, full.flatten()[:0].clone()):
         m.positions.data = shard
         m.clamp_parameters()
         assert m.positions.abs().max().item() <= 3.0 if shard.numel() else m.positions.numel() == 0
-    square = dclszoo.DclsConv2d(2, 2, 3, (5, 7), groups=2)
+    square = DclsConv2d(2, 2, 3, (5, 7), groups=2)
     square.positions.data = torch.full((6,), 9.0)
     square.clamp_parameters()  # unequal bounds per axis: left to the forward's clamp
     assert torch.all(square.positions == 9.0)
