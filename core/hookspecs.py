@@ -103,6 +103,12 @@ def dclszoo_describe_model(model: "nn.Module") -> "dict[str, Any] | None":
     to rebuild the model with :func:`dclszoo_build_model`. A model no plugin describes is saved as a plain torch
     model (rebuilt from a registered builder, :func:`dclszoo.hub.register_builder`, or from ``model=``).
 
+    Ownership goes by the model's own class, not by the modules inside it: answer for models whose class your zoo
+    defines or builds (or plain containers of your zoo's modules), and return None for a model whose class belongs
+    to another framework even when it contains your modules -- e.g. a transformers ``PreTrainedModel`` with a timm
+    backbone is described by the transformers plugin, which can rebuild it from its config; the timm plugin declines
+    it. Then at most one plugin answers, whatever the registration order.
+
     Args:
         model: The model being saved (patched or not; never wrapped by DDP/FSDP: the caller unwraps it).
 

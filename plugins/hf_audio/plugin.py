@@ -57,3 +57,28 @@ def dclszoo_after_unpatch(model) -> None:
         from .models import release
 
         release(model)
+
+
+@hookimpl
+def dclszoo_describe_model(model):
+    """The transformers audio models this plugin serves (its families, dense or DCLS, and the spectrogram
+    classifier): their class and ``config.to_dict()`` (see :mod:`.hub`)."""
+    from .hub import describe_audio_model
+
+    return describe_audio_model(model)
+
+
+@hookimpl
+def dclszoo_build_model(spec, pretrained):
+    """Rebuild through the transformers Auto classes' registered types (never remote code)."""
+    from .hub import build_audio_model
+
+    return build_audio_model(spec, pretrained)
+
+
+@hookimpl
+def dclszoo_save_native(model, save_directory):
+    """transformers' ``config.json`` next to the weights: the Auto classes load a dclszoo checkpoint too."""
+    from .hub import save_audio_config
+
+    return save_audio_config(model, save_directory)

@@ -27,13 +27,23 @@ def _architecture(model: nn.Module) -> str | None:
     return arch if isinstance(arch, str) and arch else None
 
 
+def _is_transformers_model(model: nn.Module) -> bool:
+    """Whether ``model`` is a transformers ``PreTrainedModel`` (by class name: transformers is not imported)."""
+    return any(c.__name__ == "PreTrainedModel" and c.__module__.startswith("transformers.")
+               for c in type(model).__mro__)
+
+
 def describe_timm_model(model: nn.Module) -> dict[str, Any] | None:
     """The ``dclszoo_describe_model`` answer for timm models (None for other models).
+
+    A transformers ``PreTrainedModel`` with timm modules inside (the hf_audio plugin's spectrogram classifier, a
+    ``TimmWrapperModel``) is not described here: its class and config belong to transformers, so its transformers
+    plugin describes it (the ownership rule of ``dclszoo_describe_model``).
 
     Raises:
         ValueError: a creation argument is not JSON (timm's own ``save_for_hf`` refuses it as well).
     """
-    if not is_timm_model(model):
+    if not is_timm_model(model) or _is_transformers_model(model):
         return None
     from .registry import SUFFIX
 

@@ -289,7 +289,7 @@ def test_plugin_not_installed_says_what_to_install(toyhub, tmp_path, monkeypatch
 
 def test_transformers_audio_model_round_trip_with_model_argument(tmp_path):
     """A transformers audio model patched by the hf_audio plugin: saved, then reloaded into an unpatched instance
-    (the plugin answers no describe / build hook yet, so the checkpoint names no architecture)."""
+    passed as model= (patched with the saved config on load). Rebuilding without model=: test_hub_audio.py."""
     transformers = pytest.importorskip("transformers")
     config = transformers.Wav2Vec2Config(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, conv_dim=(16, 16, 16),
