@@ -9,6 +9,9 @@
   ``DclsWav2Vec2ForCTC.from_pretrained(<dense checkpoint>)`` converts a dense checkpoint on load.
 * :class:`SpectrogramDclsForAudioClassification` (``spectrogram_dcls``): log-mel front end + DCLS timm backbone
   (DCLS-Audio, :data:`DCLS_AUDIO`).
+* ``dclszoo.save_pretrained`` / ``push_to_hub`` / ``from_pretrained`` rebuild these models (the DCLS types, the
+  dense families, the spectrogram classifier) from their class and config, and the Auto classes read the same
+  checkpoint (:mod:`.hub`).
 
 Importing this package does not import transformers or timm (the transformers-based names below are loaded on
 first access). The code is device-agnostic: the front end and every DCLS layer run where the model is.

@@ -138,7 +138,7 @@ def test_round_trip_without_model_argument(case, tmp_path):
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
-def test_push_and_load_by_repo_id(local_hub):
+def test_push_load_by_repo_id_and_from_the_cache(local_hub):
     for case in ("wav2vec2-conformer (filter_fn)", "spectrogram"):
         model, x, auto = _make(case)
         expected = _logits(model, x)
@@ -149,6 +149,9 @@ def test_push_and_load_by_repo_id(local_hub):
         assert type(loaded) is type(model) and torch.equal(_logits(loaded, x), expected), case
         assert torch.equal(_logits(dclszoo.from_pretrained(repo, revision=commit.oid), x), expected), case
         assert torch.equal(_logits(auto.from_pretrained(repo).eval(), x), expected), case
+        before = len(local_hub.requests)  # from the cache alone, as with HF_HUB_OFFLINE=1
+        assert torch.equal(_logits(dclszoo.from_pretrained(repo, local_files_only=True), x), expected), case
+        assert len(local_hub.requests) == before, case
 
 
 def test_adapter_on_a_transformers_base_on_the_hub(local_hub, tmp_path):
