@@ -74,11 +74,11 @@ def run(args, accelerator, out: Path) -> dict:
     dclszoo.enable()
     # timm notes that its ImageNet mean / std do not fit one grey channel (when saving the config): irrelevant here
     logging.getLogger("timm.data.model_config").setLevel(logging.ERROR)
-    size = args.image_size or DEFAULTS["image_size"]
-    x_train, y_train, x_test, y_test = digits_data(size, args.seed)
     name = args.model or DEFAULTS["model"]
     if not timm.is_model(name):
         raise CliError(f"--model {name!r} is not a timm architecture (the digits recipe trains a timm model).")
+    size = args.image_size or DEFAULTS["image_size"]
+    x_train, y_train, x_test, y_test = digits_data(size, args.seed)
     torch.manual_seed(args.seed)
     dense = timm.create_model(name, pretrained=False, num_classes=10, in_chans=1)
     model = copy.deepcopy(dense)

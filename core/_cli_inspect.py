@@ -26,6 +26,7 @@ examples:
 """
 
 MAX_PANELS = 24
+MAX_POINTS = 4000
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -113,25 +114,29 @@ def _pick(items: list, limit: int) -> list:
 
 
 def plot_positions(modules: list[tuple[str, object]], path: Path) -> Path:
-    """One panel per DCLS layer: a 2-D histogram of its tap positions over the span (1-D layers: a histogram)."""
+    """One panel per DCLS layer: its tap positions inside the span (a sample of at most ``MAX_POINTS`` taps;
+    1-D layers: a histogram). Taps of an exact conversion start on the integer grid: spread shows learning."""
+    import torch
+
     plt = _pyplot()
     shown = _pick(modules, MAX_PANELS)
     rows, cols = _grid(len(shown))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.7 * rows), squeeze=False)
     for ax in axes.flat[len(shown):]:
         ax.axis("off")
     for ax, (fqn, m) in zip(axes.flat, shown):
-        p = m.effective_positions().detach().float().cpu()
+        p = m.effective_positions().detach().float().cpu().flatten(1)  # [ndim, taps]
         lo, hi = m.position_bounds
-        if p.shape[0] >= 2:  # the last two axes: rows (y) and columns (x)
-            y, x = p[-2].flatten().numpy(), p[-1].flatten().numpy()
-            bins = [int(hi[-1] - lo[-1]) + 1, int(hi[-2] - lo[-2]) + 1]
-            extent = [[lo[-1] - 0.5, hi[-1] + 0.5], [lo[-2] - 0.5, hi[-2] + 0.5]]
-            ax.hist2d(x, y, bins=bins, range=extent, cmap="viridis")
-            ax.invert_yaxis()
+        if p.shape[1] > MAX_POINTS:
+            p = p[:, torch.randperm(p.shape[1], generator=torch.Generator().manual_seed(0))[:MAX_POINTS]]
+        if p.shape[0] >= 2:  # the last two axes: rows (y) and columns (x), drawn like the kernel
+            ax.scatter(p[-1].numpy(), p[-2].numpy(), s=3, alpha=0.25, linewidths=0)
+            ax.set_xlim(lo[-1] - 0.5, hi[-1] + 0.5)
+            ax.set_ylim(hi[-2] + 0.5, lo[-2] - 0.5)
             ax.set_aspect("equal")
+            ax.grid(True, linewidth=0.3, alpha=0.5)
         else:
-            ax.hist(p[0].flatten().numpy(), bins=int(hi[0] - lo[0]) + 1, range=(lo[0] - 0.5, hi[0] + 0.5))
+            ax.hist(p[0].numpy(), bins=4 * (int(hi[0] - lo[0]) + 1), range=(lo[0] - 0.5, hi[0] + 0.5))
         ax.set_title(f"{fqn}\n{m.kernel_count} taps, span {'x'.join(map(str, m.span))}", fontsize=7)
         ax.tick_params(labelsize=6)
     title = "learned tap positions (offset from the kernel centre)"
