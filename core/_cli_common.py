@@ -12,7 +12,7 @@ import sys
 from types import ModuleType
 from typing import Any
 
-__all__ = ["CliError", "require", "EXTRAS", "info", "format_table", "example_input", "count_params"]
+__all__ = ["CliError", "require", "EXTRAS", "info", "warn", "format_table", "example_input", "count_params"]
 
 EXTRAS = {
     "timm": "timm",

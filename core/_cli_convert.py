@@ -94,12 +94,10 @@ def config_from_args(args: argparse.Namespace, model_name: str | None = None):
 
 
 def _default_targets(name: str) -> str:
-    try:
-        from .plugins.timm_dcls.registry import _default_targets as timm_targets
+    """The timm plugin's default targets for this architecture (``dense`` for ResNets, else ``depthwise``)."""
+    from .plugins.timm_dcls.registry import resolve_config
 
-        return timm_targets(name.split(":")[-1])
-    except ImportError:
-        return "depthwise"
+    return resolve_config(name, None).targets
 
 
 def _max_diff(a, b) -> float:

@@ -78,9 +78,7 @@ def test_convert_inspect_export(sources, dcls_checkpoint, delays_checkpoint):
         ["export", "missing-dir", "--to", "dense"],
         ["export", ck, "--to", "dense", "--input-shape", "3,x", "--out", "y"],
     ]
-    results, _ = run_many(argvs, cwd=cwd)
-    r = dict(zip([" ".join(a[:2]) + f"#{i}" for i, a in enumerate(argvs)], results))
-    by_index = results
+    by_index, _ = run_many(argvs, cwd=cwd)
 
     # convert
     for i in (0, 1, 2):
@@ -132,7 +130,6 @@ def test_convert_inspect_export(sources, dcls_checkpoint, delays_checkpoint):
                       (21, "--input-shape")):
         assert by_index[i].rc == 1 and by_index[i].err.startswith("dclszoo export: error:"), (argvs[i], by_index[i].text)
         assert needle in by_index[i].err, (argvs[i], by_index[i].err)
-    assert r  # keyed view kept for debugging failures
 
 
 def _check_dense_program(checkpoint, dense_dir):
