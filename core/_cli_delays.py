@@ -4,14 +4,15 @@ The task (:class:`dclszoo.tasks.TimingTask`, default settings): every class fire
 a class-specific order; a network without delays that sums its readout over time is at chance by construction.
 The network (:class:`dclszoo._cli_models.TimingSNN`): SpikingJelly ``layer.Linear`` -> LIF (tau ~ 1) -> linear
 readout summed over time. The recipe is the library's: ``dclszoo.patch(net, DelayConfig(max_delay=...))`` on the
-input synapses, :func:`dclszoo.training.param_groups` (delays at ``DELAY_LR_SCALE`` x the learning rate, no weight
-decay), :class:`dclszoo.training.SigmaSchedule` with its defaults (stepped per epoch), evaluation with integer
-delays, :func:`dclszoo.training.finalize` (rounded delays) before saving. The same network without delays is
-trained beside it.
+input synapses, :func:`dclszoo.delays_training.delay_param_groups` (delays in their own groups, no weight decay),
+:class:`dclszoo.training.SigmaSchedule` with its defaults (stepped per epoch; given the optimizer where it drives
+the delays' learning rate), evaluation with integer delays, :func:`dclszoo.training.finalize` (rounded delays)
+before saving. The same network without delays is trained beside it.
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -39,6 +40,7 @@ def run(args, accelerator, out: Path) -> dict:
     import dclszoo
     from ._cli_models import timing_snn
     from .config import DelayConfig
+    from .delays_training import delay_param_groups
     from .tasks import TimingTask
     from .training import SigmaSchedule, finalize, integer_delays
 
@@ -60,18 +62,17 @@ def run(args, accelerator, out: Path) -> dict:
     for label in ([] if args.no_baseline else ["no delays"]) + ["delays"]:
         torch.manual_seed(args.seed)
         net = timing_snn(channels=task.channels, hidden=hidden, classes=task.classes)
-        schedule = None
+        groups, on_start = None, None
         if label == "delays":
             dclszoo.patch(net, DelayConfig(max_delay=max_delay), filter_fn=lambda m, fqn: fqn == "synapses")
-            steps_per_epoch = len(x_train) // settings.batch_size
-            epochs = settings.epochs if settings.max_steps is None else max(1, -(-settings.max_steps // steps_per_epoch))
-            schedule = SigmaSchedule(net, total_steps=min(epochs, settings.epochs))
-        trained, stats = fit(net, data, _loss, settings, accelerator, desc=label,
-                             on_epoch=(lambda epoch, s=schedule: s.step()) if schedule is not None else None)
-        if schedule is not None:
-            with integer_delays(trained):
-                accuracy, logits = evaluate(trained, x_test, y_test, _forward)
-        else:
+            groups = delay_param_groups(net, lr=settings.lr)
+
+            def on_start(optimizer, epochs, net=net):
+                sigma = SigmaSchedule(net, total_steps=epochs, optimizer=optimizer)
+                return lambda epoch: sigma.step()
+
+        trained, stats = fit(net, data, _loss, settings, accelerator, desc=label, groups=groups, on_start=on_start)
+        with integer_delays(trained) if label == "delays" else contextlib.nullcontext():
             accuracy, logits = evaluate(trained, x_test, y_test, _forward)
         runs[label] = {"test_accuracy": accuracy, "parameters": count_params(trained), **stats}
     model = finalize(trained)  # rounded delays: what was evaluated

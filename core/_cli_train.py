@@ -1,7 +1,8 @@
 """The training loop the ``dclszoo finetune`` recipes share: accelerate, dclszoo's parameter groups, a progress bar.
 
 A recipe supplies the model, the data and a ``loss(model, batch)`` function; :func:`fit` does the rest:
-``param_groups`` (positions / delays at their own learning rate, no weight decay), AdamW, one-cycle schedule,
+``param_groups`` (positions at their own learning rate, no weight decay; or the recipe's groups), AdamW, warm-up
+and cosine decay of the learning rate (not of the delays', which their sigma schedule drives),
 ``accelerator.prepare``, the loop with a tqdm bar (clamping is automatic after every optimizer step), an optional
 per-epoch callback (a sigma schedule), and returns the unwrapped model.
 """
@@ -18,8 +19,11 @@ import torch
 
 from ._cli_common import CliError
 
-__all__ = ["TrainSettings", "fit", "evaluate", "make_accelerator", "MAX_STEPS_ENV"]
+__all__ = ["TrainSettings", "fit", "evaluate", "lr_factor", "choose_threads", "make_accelerator", "max_steps_default",
+           "MAX_STEPS_ENV"]
 
+WARMUP = 0.15
+"""Fraction of the steps spent warming the learning rate up."""
 MAX_STEPS_ENV = "DCLSZOO_FINETUNE_MAX_STEPS"
 """Default of ``--max-steps`` (for tests and smoke runs: caps every training run of a recipe)."""
 
@@ -76,40 +80,59 @@ def make_accelerator(cpu: bool, mixed_precision: str):
     return accelerate.Accelerator(cpu=cpu, mixed_precision=mixed_precision)
 
 
-def fit(model: torch.nn.Module, dataset, loss_fn: Callable, settings: TrainSettings, accelerator, desc: str,
-        on_epoch: Callable[[int], None] | None = None, position_lr_scale: float | None = None) -> tuple:
+def lr_factor(step: int, total: int, warmup: float = WARMUP) -> float:
+    """Linear warm-up from 1/25 of the learning rate over ``warmup`` of the steps, then cosine decay to 0."""
+    ramp = max(1, round(warmup * total))
+    if step < ramp:
+        return (1 + 24 * step / ramp) / 25
+    return 0.5 * (1 + math.cos(math.pi * (step - ramp) / max(1, total - ramp)))
+
+
+def fit(model: torch.nn.Module, dataset, loss_fn: Callable, settings: TrainSettings, accelerator, desc: str, *,
+        groups: list[dict] | None = None, on_start: Callable | None = None) -> tuple:
     """Train ``model`` on ``dataset`` (a map-style dataset of tuples); returns ``(model, stats)``.
 
+    Args:
+        groups: Optimizer parameter groups (default :func:`dclszoo.training.param_groups` with ``settings``).
+        on_start: ``on_start(optimizer, epochs) -> on_epoch`` called once the number of epochs is known; the
+            returned ``on_epoch(epoch)`` (or None) runs after every epoch (a sigma schedule).
+
+    The learning rate of every group warms up and decays (:func:`lr_factor`), except groups holding synaptic
+    delays: their rate is the delay schedule's (``SigmaSchedule`` given the optimizer), or constant.
     ``stats``: ``steps``, ``seconds``, ``final_loss``.
     """
     from tqdm.auto import tqdm
 
+    from .delays_training import delay_modules
     from .training import param_groups
 
-    kwargs = {} if position_lr_scale is None else {"position_lr_scale": position_lr_scale}
-    optimizer = torch.optim.AdamW(param_groups(model, lr=settings.lr, weight_decay=settings.weight_decay, **kwargs))
+    if groups is None:
+        groups = param_groups(model, lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(groups)
+    delays = {id(m.delays) for m in delay_modules(model)}
+    scheduled = [(g, g["lr"]) for g in optimizer.param_groups if not any(id(p) in delays for p in g["params"])]
     loader = torch.utils.data.DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, drop_last=True,
                                          generator=torch.Generator().manual_seed(settings.seed))
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     per_epoch = len(loader)
     if per_epoch == 0:
         raise CliError(f"{len(dataset)} training samples are fewer than one batch of {settings.batch_size}.")
     total = settings.epochs * per_epoch
     if settings.max_steps is not None:
         total = min(total, settings.max_steps)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total * accelerator.num_processes + 1,
-        pct_start=0.15)
-    model, optimizer, loader, schedule = accelerator.prepare(model, optimizer, loader, schedule)
+    epochs = math.ceil(total / per_epoch)
+    on_epoch = on_start(optimizer, epochs) if on_start is not None else None
     bar = tqdm(total=total, desc=desc, disable=not settings.progress or not accelerator.is_local_main_process,
                dynamic_ncols=True, leave=True)
     step, loss_value, began = 0, math.nan, time.perf_counter()
     model.train()
-    for epoch in range(math.ceil(total / per_epoch)):
+    for epoch in range(epochs):
         for batch in loader:
+            for group, lr in scheduled:
+                group["lr"] = lr * lr_factor(step, total)
             loss = loss_fn(model, batch)
             accelerator.backward(loss)
             optimizer.step()
-            schedule.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             loss_value = float(loss.detach())
@@ -122,8 +145,6 @@ def fit(model: torch.nn.Module, dataset, loss_fn: Callable, settings: TrainSetti
                 break
         if on_epoch is not None:
             on_epoch(epoch + 1)
-        if step >= total:
-            break
     bar.close()
     stats = {"steps": step, "seconds": time.perf_counter() - began, "final_loss": loss_value}
     return accelerator.unwrap_model(model), stats

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from dclszoo import DelayedConv2d, DelayedLinear
 from dclszoo.convert import from_snn_delays
 from dclszoo.delays_export import export_delays, from_nir, load_delays, to_nir
-from dclszoo.delays_training import SigmaSchedule, delay_param_groups, integer_delays, round_delays
+from dclszoo.delays_training import (DELAY_LR_PER_SIGMA, SigmaSchedule, delay_param_groups, integer_delays,
+                                    round_delays)
 from dclszoo.tasks import TimingTask
 
 
@@ -44,7 +45,8 @@ def test_sigma_schedule_state_dict_round_trip():
     net2 = _net()
     s2 = SigmaSchedule(net2, total_steps=5)
     s2.load_state_dict(state)
-    assert s2.step_count == 3 and net2[2]._sigma_value == pytest.approx(6.0 * (0.5 / 6.0) ** (3 / 5))
+    # defaults: decay over the first half (10 of 20 steps) down to 0.25
+    assert s2.step_count == 3 and net2[2]._sigma_value == pytest.approx(6.0 * (0.25 / 6.0) ** (3 / 10))
     with pytest.raises(ValueError, match="no delay modules"):
         SigmaSchedule(nn.Linear(2, 2), total_steps=3)
     with pytest.raises(ValueError, match="total_steps=0"):
@@ -68,13 +70,60 @@ def test_integer_delays_context_restores_sigma_and_round_delays():
 
 def test_param_groups_give_delays_their_own_lr_and_no_weight_decay():
     net = _net()
-    groups = delay_param_groups(net, lr=1e-3, weight_decay=1e-5)
+    groups = delay_param_groups(net, lr=1e-3, weight_decay=1e-5, delay_lr=0.1)  # SNN-delays: one group, 100 x lr
     by_lr = {g["lr"]: g for g in groups}
     delays = {id(net[0].delays), id(net[2].delays)}
     assert {id(p) for p in by_lr[0.1]["params"]} == delays and by_lr[0.1]["weight_decay"] == 0.0
     decayed = [g for g in groups if g["weight_decay"] > 0][0]["params"]
     assert {id(p) for p in decayed} == {id(net[0].weight), id(net[2].weight)}
     assert sum(len(g["params"]) for g in groups) == len(list(net.parameters()))
+    # default: one group per delay module at DELAY_LR_PER_SIGMA x its sigma (max_delay // 2: 4 and 10)
+    groups = delay_param_groups(net, lr=1e-3, weight_decay=1e-5)
+    delay_groups = [g for g in groups if any(id(p) in delays for p in g["params"])]
+    assert [[id(p) for p in g["params"]] for g in delay_groups] == [[id(net[0].delays)], [id(net[2].delays)]]
+    assert [g["lr"] for g in delay_groups] == [DELAY_LR_PER_SIGMA * 4.0, DELAY_LR_PER_SIGMA * 10.0]
+    assert all(g["weight_decay"] == 0.0 for g in delay_groups)
+    assert sum(len(g["params"]) for g in groups) == len(list(net.parameters()))
+
+
+def test_sigma_schedule_drives_the_delay_learning_rate():
+    torch.manual_seed(4)
+    net = _net()
+    opt = torch.optim.Adam(delay_param_groups(net, lr=1e-2))
+    s = SigmaSchedule(net, total_steps=10, decay_fraction=0.4, floor=0.25, hard_fraction=0.2, optimizer=opt,
+                      lr_per_sigma=0.3)
+    lrs = lambda: [g["lr"] for g in opt.param_groups[-2:]]  # noqa: E731
+    seen = [lrs()]
+    for _ in range(9):
+        opt.step()
+        s.step()
+        seen.append(lrs())
+    expected = [[0.3 * s.sigma_at(k, start) if k < 8 else 0.3 * 0.25 for start in (4.0, 10.0)] for k in range(10)]
+    assert seen == [pytest.approx(e) for e in expected]
+    assert opt.param_groups[0]["lr"] == 1e-2  # the weights' lr is left alone
+    # the optimizer's own checkpoint replaces its group dicts: the schedule still finds them
+    state, s_state = opt.state_dict(), s.state_dict()
+    opt2 = torch.optim.Adam(delay_param_groups(net, lr=1e-2))
+    s2 = SigmaSchedule(net, total_steps=10, optimizer=opt2)
+    opt2.load_state_dict(state)
+    s2.load_state_dict({**s_state, "step_count": 2})
+    assert [g["lr"] for g in opt2.param_groups[-2:]] == pytest.approx([0.3 * s.sigma_at(2, st) for st in (4.0, 10.0)])
+
+
+def test_sigma_schedule_rejects_groups_whose_lr_cannot_follow_sigma():
+    net = _net()
+    mixed = torch.optim.Adam([{"params": [net[0].weight, net[0].delays]}], lr=1e-2)
+    with pytest.raises(ValueError, match="param group 0 mixes delays with other parameters"):
+        SigmaSchedule(net, total_steps=5, optimizer=mixed)
+    both = torch.optim.Adam(delay_param_groups(net, lr=1e-2, delay_lr=0.1))  # delays of max_delay 9 and 21
+    with pytest.raises(ValueError, match=r"sigma starts at \[4.0, 10.0\]"):
+        SigmaSchedule(net, total_steps=5, optimizer=both)
+    SigmaSchedule(net, total_steps=5, optimizer=both, start=3.0)  # one start: one sigma, one lr
+    assert both.param_groups[-1]["lr"] == pytest.approx(DELAY_LR_PER_SIGMA * 3.0)
+    with pytest.raises(ValueError, match="no param group of the optimizer holds"):
+        SigmaSchedule(net, total_steps=5, optimizer=torch.optim.Adam([net[0].weight], lr=1e-2))
+    with pytest.raises(ValueError, match="lr_per_sigma=0"):
+        SigmaSchedule(net, total_steps=5, lr_per_sigma=0)
 
 
 # ----------------------------------------------------------------------------- SNN-delays import

@@ -101,7 +101,8 @@ def test_progress_and_ddp_unused_parameter_rule():
 
     net = nn.Sequential(dclszoo.DelayedLinear(4, 3, max_delay=6, sigma=0.0))
     assert training.needs_find_unused_parameters(net)  # integer mode: the delays get no gradient
-    schedule = training.SigmaSchedule(net, total_steps=10, decay_fraction=0.5, start=2.0, floor=0.5)
+    schedule = training.SigmaSchedule(net, total_steps=10, decay_fraction=0.5, start=2.0, floor=0.5,
+                                      hard_fraction=0.0)
     assert not training.needs_find_unused_parameters(net, schedule)
     hard = training.SigmaSchedule(net, total_steps=10, decay_fraction=0.5, start=2.0, floor=0.5, hard_fraction=0.2)
     assert training.needs_find_unused_parameters(net, hard)
