@@ -4,7 +4,8 @@ Network: DelayedLinear(channels -> hidden, max_delay = pattern span) -> LIF (tau
 Linear(hidden -> classes), logits = sum over time of the readout. Learned delays use the library's recipe as it
 comes: ``delay_param_groups(net, lr)`` and ``SigmaSchedule(net, epochs, optimizer=opt)`` stepped per epoch
 (sigma ``max_delay // 2`` -> 0.25 over the first half, delay lr = 0.5 x sigma, integer delays for the last 20%).
-Evaluation always uses integer delays. Prints one markdown table: per row, the test accuracy of every seed for
+``SNN-delays recipe``: the same network and loop with
+the reference's schedule (see ``VARIANTS``). Evaluation always uses integer delays. Prints one markdown table: per row, the test accuracy of every seed for
 each variant.
 
     python bench/timing_task.py                       # the grid: 8 rows x 3 seeds x 3 variants
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import math
 import multiprocessing
 import os
 import time
@@ -28,7 +30,10 @@ import time
 import torch
 import torch.nn as nn
 
-VARIANTS = {"none": "no delays", "random": "fixed random delays", "learned": "learned delays"}
+VARIANTS = {"none": "no delays", "random": "fixed random delays", "snn": "SNN-delays recipe",
+            "learned": "learned delays"}
+"""``snn``: learned delays with SNN-delays' schedule (sigma -> 0.5 over the first quarter, no hard phase, one delay
+group at 100 x the weights' lr, cosine-annealed per epoch), for comparison; ``learned``: the library's defaults."""
 
 BASE = dict(channels=12, spacing=2, classes=4, hidden=12, noise=0.05, steps=64)
 """The default row; every other grid row changes one thing (spacing 1 two: see its comment)."""
@@ -67,12 +72,13 @@ class Net(nn.Module):
         super().__init__()
         max_delay = 1 if variant == "none" else task.max_delay_needed
         # the layers are tiny: the dense conv over max_delay is the fastest path on CPU
-        self.syn = DelayedLinear(task.channels, hidden, max_delay, sigma=None if variant == "learned" else 0.0,
+        learned = variant in ("learned", "snn")
+        self.syn = DelayedLinear(task.channels, hidden, max_delay, sigma=None if learned else 0.0,
                                  path="dense")
         if variant == "random":
             with torch.no_grad():
                 self.syn.delays.copy_(torch.randint(0, max_delay, self.syn.delays.shape).float())
-        if variant != "learned":
+        if not learned:
             self.syn.delays.requires_grad_(False)
         self.lif = neuron.LIFNode(tau=1.01, decay_input=False, v_threshold=1.0,
                                   surrogate_function=surrogate.ATan(alpha=5.0), detach_reset=True, step_mode="m")
@@ -114,10 +120,15 @@ def run(row: dict, variant: str, seed: int, args) -> tuple[float, float]:
     if variant == "learned":
         opt = torch.optim.Adam(delay_param_groups(net, lr=args.lr))
         sched = SigmaSchedule(net, args.epochs, optimizer=opt)
+    elif variant == "snn":
+        opt = torch.optim.Adam(delay_param_groups(net, lr=args.lr, delay_lr=100 * args.lr))
+        sched = SigmaSchedule(net, args.epochs, decay_fraction=0.25, floor=0.5, hard_fraction=0.0)
     else:
         opt, sched = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=args.lr), None
     batches = (args.train + args.batch - 1) // args.batch
-    for _ in range(args.epochs):
+    for epoch in range(args.epochs):
+        if variant == "snn":  # the delay group (the last) anneals from 100 x lr to 0
+            opt.param_groups[-1]["lr"] = 100 * args.lr * 0.5 * (1 + math.cos(math.pi * epoch / args.epochs))
         perm = torch.randperm(args.train).to(args.device)
         for b in range(batches):
             idx = perm[b * args.batch:(b + 1) * args.batch]
