@@ -41,7 +41,7 @@ import torch.nn as nn
 from .modules._delay_base import DelayedSynapse
 
 __all__ = ["SigmaSchedule", "delay_modules", "integer_delays", "round_delays", "delay_param_groups",
-           "DELAY_LR_PER_SIGMA"]
+           "delay_groups", "DELAY_LR_PER_SIGMA"]
 
 DELAY_LR_PER_SIGMA = 0.5
 """Delay learning rate per unit of sigma (time steps): with Adam, a delay's step is at most about ``lr``, so
@@ -234,6 +234,25 @@ def round_delays(model: nn.Module) -> None:
         m.round_delays()
 
 
+def delay_groups(model: nn.Module, lr: float | None = None, trainable_only: bool = False) -> list[dict]:
+    """One optimizer param group per delay module (a Parameter shared by modules appears once), no weight decay.
+
+    Args:
+        model: A model with delay modules.
+        lr: Constant learning rate of every group; None = ``DELAY_LR_PER_SIGMA * sigma`` of each module now, the
+            rate :class:`SigmaSchedule` (given the optimizer) keeps following sigma.
+        trainable_only: Leave out delays with ``requires_grad=False``.
+    """
+    out, seen = [], set()
+    for m in delay_modules(model):
+        if id(m.delays) in seen or (trainable_only and not m.delays.requires_grad):
+            continue
+        seen.add(id(m.delays))
+        rate = DELAY_LR_PER_SIGMA * m._sigma_value if lr is None else lr
+        out.append({"params": [m.delays], "lr": rate, "weight_decay": 0.0})
+    return out
+
+
 def delay_param_groups(model: nn.Module, lr: float, delay_lr: float | None = None, weight_decay: float = 0.0,
                        no_decay_bias_and_norm: bool = True) -> list[dict]:
     """Optimizer parameter groups: weights at ``lr`` with ``weight_decay``; biases and normalisation parameters
@@ -255,20 +274,17 @@ def delay_param_groups(model: nn.Module, lr: float, delay_lr: float | None = Non
             for name, p in m.named_parameters(recurse=False):
                 if name == "bias" or isinstance(m, norm_types):
                     no_decay.add(id(p))
-    groups = {"decay": [], "no_decay": [], "delays": []}
+    groups = {"decay": [], "no_decay": []}
     for p in model.parameters():
-        key = "delays" if id(p) in delays else "no_decay" if id(p) in no_decay else "decay"
-        groups[key].append(p)
+        if id(p) not in delays:
+            groups["no_decay" if id(p) in no_decay else "decay"].append(p)
     out = [
         {"params": groups["decay"], "lr": lr, "weight_decay": weight_decay},
         {"params": groups["no_decay"], "lr": lr, "weight_decay": 0.0},
     ]
     if delay_lr is not None:
-        out.append({"params": groups["delays"], "lr": delay_lr, "weight_decay": 0.0})
+        out.append({"params": [p for p in model.parameters() if id(p) in delays], "lr": delay_lr,
+                    "weight_decay": 0.0})
     else:
-        seen: set[int] = set()
-        for m in delay_modules(model):
-            if id(m.delays) not in seen:  # a Parameter shared by two modules goes in one group
-                seen.add(id(m.delays))
-                out.append({"params": [m.delays], "lr": DELAY_LR_PER_SIGMA * m._sigma_value, "weight_decay": 0.0})
+        out += delay_groups(model)
     return [g for g in out if g["params"]]

@@ -1,7 +1,8 @@
 """Fine-tuning patched models (plain loops, accelerate, DDP): optimizer groups, schedules, clamping, finalisation.
 
 - :func:`param_groups`: weights with weight decay; biases and normalisation without; DCLS positions and sigma
-  at ``position_lr_scale`` x the learning rate, delays at ``delay_lr_scale`` x, both without weight decay.
+  at ``position_lr_scale`` x the learning rate, each delay module's delays in a group of their own whose rate
+  :class:`SigmaSchedule` drives when given the optimizer; none of them with weight decay.
 - :class:`SigmaSchedule` (the delay issue's schedule, re-exported), :func:`integer_delays`, :func:`round_delays`.
 - **Clamping is automatic**: every ``optimizer.step()`` of any optimizer clamps the stored positions and delays
   of every live dclszoo module (a global step post-hook, :mod:`dclszoo.modules._clamp`), so it works unchanged
@@ -28,18 +29,21 @@ from typing import Any
 import torch.nn as nn
 
 from .api import to_dense
-from .delays_training import SigmaSchedule, delay_modules, integer_delays, round_delays
+from .delays_training import (DELAY_LR_PER_SIGMA, SigmaSchedule, delay_groups, delay_modules, integer_delays,
+                              round_delays)
 from .modules import DclsConvNd
 from .modules._delay_base import DelayedSynapse
 from .patching import replace_modules
 
 __all__ = ["param_groups", "SigmaSchedule", "integer_delays", "round_delays", "clamp_parameters", "finalize",
-           "Progress", "needs_find_unused_parameters", "POSITION_LR_SCALE", "DELAY_LR_SCALE"]
+           "Progress", "needs_find_unused_parameters", "POSITION_LR_SCALE", "DELAY_LR_SCALE", "DELAY_LR_PER_SIGMA"]
 
 POSITION_LR_SCALE = 5.0
 """DCLS recipe (ConvNeXt-dcls, DCLS-Audio): positions at 5x the base learning rate."""
 DELAY_LR_SCALE = 100.0
-"""SNN-delays recipe: delays at 100x the base learning rate (Adam 1e-3 -> 0.1)."""
+"""SNN-delays' delay learning rate: 100x the base learning rate (Adam 1e-3 -> 0.1). Not the default: dclszoo's
+delays learn at ``DELAY_LR_PER_SIGMA`` x sigma (``docs/timing_task.md``); pass ``delay_lr_scale=DELAY_LR_SCALE``
+for the reference's constant rate."""
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.modules.normalization.RMSNorm)
 
@@ -50,7 +54,7 @@ def _check_scale(name: str, value: Any) -> None:
 
 
 def param_groups(model: nn.Module, lr: float, position_lr_scale: float = POSITION_LR_SCALE,
-                 weight_decay: float = 0.0, *, delay_lr_scale: float = DELAY_LR_SCALE,
+                 weight_decay: float = 0.0, *, delay_lr_scale: float | None = None,
                  no_decay_bias_and_norm: bool = True) -> list[dict]:
     """Optimizer parameter groups for a patched model (pass them to any ``torch.optim`` optimizer).
 
@@ -60,7 +64,9 @@ def param_groups(model: nn.Module, lr: float, position_lr_scale: float = POSITIO
     - ``"no_decay"``: biases, normalisation layers and 1-D parameters (layer scales), ``lr``, no decay
       (when ``no_decay_bias_and_norm``);
     - ``"positions"``: DCLS tap positions and learnable sigma, ``lr * position_lr_scale``, no decay;
-    - ``"delays"``: synaptic delays, ``lr * delay_lr_scale``, no decay.
+    - ``"delays"`` (one group per delay module): synaptic delays, no decay, at ``DELAY_LR_PER_SIGMA * sigma``
+      (``delay_lr_scale=None``; give the optimizer to :class:`SigmaSchedule` and that rate follows sigma), or
+      at ``lr * delay_lr_scale``.
 
     Shared parameters (positions shared across blocks) appear once. Frozen parameters are left out.
 
@@ -69,7 +75,8 @@ def param_groups(model: nn.Module, lr: float, position_lr_scale: float = POSITIO
         lr: Base learning rate.
         position_lr_scale: Learning-rate multiple of positions and sigma.
         weight_decay: Weight decay of the ``"decay"`` group.
-        delay_lr_scale: Learning-rate multiple of delays.
+        delay_lr_scale: None (the dclszoo recipe: the rate follows sigma), or a constant multiple of ``lr``
+            (SNN-delays: ``DELAY_LR_SCALE`` = 100).
         no_decay_bias_and_norm: Exempt biases, norms and 1-D parameters from weight decay.
 
     Raises:
@@ -77,7 +84,8 @@ def param_groups(model: nn.Module, lr: float, position_lr_scale: float = POSITIO
     """
     _check_scale("lr", lr)
     _check_scale("position_lr_scale", position_lr_scale)
-    _check_scale("delay_lr_scale", delay_lr_scale)
+    if delay_lr_scale is not None:
+        _check_scale("delay_lr_scale", delay_lr_scale)
     if not isinstance(weight_decay, (int, float)) or weight_decay < 0:
         raise ValueError(f"weight_decay={weight_decay!r}: expected a number >= 0.")
     kind: dict[int, str] = {}
@@ -92,14 +100,15 @@ def param_groups(model: nn.Module, lr: float, position_lr_scale: float = POSITIO
             for name, p in m.named_parameters(recurse=False):
                 if id(p) not in kind and (name == "bias" or isinstance(m, _NORMS) or p.ndim <= 1):
                     kind[id(p)] = "no_decay"
-    groups: dict[str, list] = {"decay": [], "no_decay": [], "positions": [], "delays": []}
+    groups: dict[str, list] = {"decay": [], "no_decay": [], "positions": []}
     for p in model.parameters():
-        if p.requires_grad:
+        if p.requires_grad and kind.get(id(p)) != "delays":
             groups[kind.get(id(p), "decay")].append(p)
-    settings = {"decay": (lr, weight_decay), "no_decay": (lr, 0.0), "positions": (lr * position_lr_scale, 0.0),
-                "delays": (lr * delay_lr_scale, 0.0)}
-    return [{"params": ps, "lr": settings[n][0], "weight_decay": settings[n][1], "name": n}
-            for n, ps in groups.items() if ps]
+    settings = {"decay": (lr, weight_decay), "no_decay": (lr, 0.0), "positions": (lr * position_lr_scale, 0.0)}
+    out = [{"params": ps, "lr": settings[n][0], "weight_decay": settings[n][1], "name": n}
+           for n, ps in groups.items() if ps]
+    delay_lr = None if delay_lr_scale is None else lr * delay_lr_scale
+    return out + [{**g, "name": "delays"} for g in delay_groups(model, delay_lr, trainable_only=True)]
 
 
 def clamp_parameters(model: nn.Module) -> int:

@@ -27,7 +27,8 @@ def test_param_groups_split_positions_delays_and_no_decay():
     delays = dclszoo.DelayedLinear(8, 3, max_delay=5)
     model.append(delays)
     model[4].weight.requires_grad_(False)  # frozen: left out
-    groups = {g["name"]: g for g in training.param_groups(model, lr=1e-3, position_lr_scale=5, weight_decay=0.05)}
+    groups = {g["name"]: g for g in training.param_groups(model, lr=1e-3, position_lr_scale=5, weight_decay=0.05,
+                                                           delay_lr_scale=100)}
     assert set(groups) == {"decay", "no_decay", "positions", "delays"}
     ids = {name: {id(p) for p in g["params"]} for name, g in groups.items()}
     assert ids["positions"] == {id(model[0].positions), id(model[0].sigma)}  # shared positions once
@@ -39,6 +40,18 @@ def test_param_groups_split_positions_delays_and_no_decay():
     assert groups["decay"]["weight_decay"] == 0.05
     assert all(groups[n]["weight_decay"] == 0.0 for n in ("no_decay", "positions", "delays"))
     torch.optim.AdamW(list(groups.values()))  # a valid optimizer argument
+    # default: the delays' rate follows sigma, one group per delay module, which SigmaSchedule can drive
+    second = dclszoo.DelayedLinear(3, 2, max_delay=9)
+    model.append(second)
+    default = training.param_groups(model, lr=1e-3)
+    delay_groups = [g for g in default if g["name"] == "delays"]
+    assert [[id(p) for p in g["params"]] for g in delay_groups] == [[id(delays.delays)], [id(second.delays)]]
+    assert [g["lr"] for g in delay_groups] == pytest.approx(
+        [training.DELAY_LR_PER_SIGMA * m._sigma_value for m in (delays, second)])
+    opt = torch.optim.Adam(default)
+    training.SigmaSchedule(model, total_steps=4, optimizer=opt)  # accepted: every group holds one module's delays
+    assert [g["lr"] for g in opt.param_groups if g["name"] == "delays"] == pytest.approx(
+        [training.DELAY_LR_PER_SIGMA * 2.0, training.DELAY_LR_PER_SIGMA * 4.0])  # sigma = max_delay // 2
     with pytest.raises(ValueError, match="position_lr_scale=0"):
         training.param_groups(model, lr=1e-3, position_lr_scale=0)
     assert training.SigmaSchedule is DelaySigmaSchedule
