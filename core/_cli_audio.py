@@ -81,9 +81,7 @@ def run(args, accelerator, out: Path) -> dict:
          f"{len(y_test)} test clips of {task.duration} s at {SAMPLE_RATE} Hz")
     info(f"model: {type(dense).__name__} from {source}, {count_params(dense):,} parameters dense; DCLS: "
          f"{', '.join(r.name for r in report.replaced)} (span {span}, {config.interpolation})")
-    settings = TrainSettings(epochs=args.epochs or DEFAULTS["epochs"], batch_size=args.batch_size or DEFAULTS["batch_size"],
-                             lr=args.lr or DEFAULTS["lr"], weight_decay=0.01, max_steps=args.max_steps,
-                             progress=not args.no_progress, seed=args.seed)
+    settings = TrainSettings.from_args(args, DEFAULTS, weight_decay=0.01)
     data = torch.utils.data.TensorDataset(x_train, y_train)
     runs: dict[str, dict] = {}
     for label, net in ([("DCLS", model)] if args.no_baseline else [("dense", dense), ("DCLS", model)]):

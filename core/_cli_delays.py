@@ -54,9 +54,7 @@ def run(args, accelerator, out: Path) -> dict:
          f"noise {task.noise}): {len(y_train)} train / {len(y_test)} test sequences; chance {1 / task.classes:.2f}")
     info(f"model: Linear({task.channels}->{hidden}) -> LIF -> Linear({hidden}->{task.classes}), logits summed over "
          f"time; with delays: the input synapses patched with DelayConfig(max_delay={max_delay})")
-    settings = TrainSettings(epochs=args.epochs or DEFAULTS["epochs"], batch_size=args.batch_size or DEFAULTS["batch_size"],
-                             lr=args.lr or DEFAULTS["lr"], weight_decay=0.0, max_steps=args.max_steps,
-                             progress=not args.no_progress, seed=args.seed)
+    settings = TrainSettings.from_args(args, DEFAULTS, weight_decay=0.0)
     data = torch.utils.data.TensorDataset(x_train, y_train)
     runs: dict[str, dict] = {}
     for label in ([] if args.no_baseline else ["no delays"]) + ["delays"]:

@@ -96,9 +96,7 @@ def run(args, accelerator, out: Path) -> dict:
          f"{config.kernel_count or 'all'} taps in a {config.span}x{config.span} span ({config.interpolation}; the same "
          f"function at the start)")
 
-    settings = TrainSettings(epochs=args.epochs or DEFAULTS["epochs"], batch_size=args.batch_size or DEFAULTS["batch_size"],
-                             lr=args.lr or DEFAULTS["lr"], max_steps=args.max_steps, progress=not args.no_progress,
-                             seed=args.seed)
+    settings = TrainSettings.from_args(args, DEFAULTS, weight_decay=0.05)
     data = torch.utils.data.TensorDataset(x_train, y_train)
     runs: dict[str, dict] = {}
     pairs = [("DCLS", model)] if args.no_baseline else [("dense", dense), ("DCLS", model)]

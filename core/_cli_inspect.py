@@ -113,18 +113,32 @@ def _pick(items: list, limit: int) -> list:
     return [items[round(i * step)] for i in range(limit)]
 
 
+def _panels(modules: list[tuple[str, object]], width: float, height: float) -> tuple:
+    """``(pyplot, figure, [(axes, (fqn, module)), ...])``: one panel per shown layer, unused panels hidden."""
+    plt = _pyplot()
+    shown = _pick(modules, MAX_PANELS)
+    rows, cols = _grid(len(shown))
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.flat[len(shown):]:
+        ax.axis("off")
+    return plt, fig, list(zip(axes.flat, shown))
+
+
+def _save(plt, fig, title: str, path: Path) -> Path:
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_positions(modules: list[tuple[str, object]], path: Path) -> Path:
     """One panel per DCLS layer: its tap positions inside the span (a sample of at most ``MAX_POINTS`` taps;
     1-D layers: a histogram). Taps of an exact conversion start on the integer grid: spread shows learning."""
     import torch
 
-    plt = _pyplot()
-    shown = _pick(modules, MAX_PANELS)
-    rows, cols = _grid(len(shown))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.7 * rows), squeeze=False)
-    for ax in axes.flat[len(shown):]:
-        ax.axis("off")
-    for ax, (fqn, m) in zip(axes.flat, shown):
+    plt, fig, panels = _panels(modules, width=2.6, height=2.7)
+    for ax, (fqn, m) in panels:
         p = m.effective_positions().detach().float().cpu().flatten(1)  # [ndim, taps]
         lo, hi = m.position_bounds
         if p.shape[1] > MAX_POINTS:
@@ -140,34 +154,21 @@ def plot_positions(modules: list[tuple[str, object]], path: Path) -> Path:
         ax.set_title(f"{fqn}\n{m.kernel_count} taps, span {'x'.join(map(str, m.span))}", fontsize=7)
         ax.tick_params(labelsize=6)
     title = "learned tap positions (offset from the kernel centre)"
-    if len(shown) < len(modules):
-        title += f"; {len(shown)} of {len(modules)} layers"
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    if len(panels) < len(modules):
+        title += f"; {len(panels)} of {len(modules)} layers"
+    return _save(plt, fig, title, path)
 
 
 def plot_delays(modules: list[tuple[str, object]], path: Path) -> Path:
     """One panel per delay layer: the histogram of its delays (time steps)."""
-    plt = _pyplot()
-    shown = _pick(modules, MAX_PANELS)
-    rows, cols = _grid(len(shown))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
-    for ax in axes.flat[len(shown):]:
-        ax.axis("off")
-    for ax, (fqn, m) in zip(axes.flat, shown):
+    plt, fig, panels = _panels(modules, width=3.2, height=2.4)
+    for ax, (fqn, m) in panels:
         d = m.effective_delays().detach().float().cpu().flatten().numpy()
         ax.hist(d, bins=m.max_delay, range=(-0.5, m.max_delay - 0.5), color="tab:orange")
         ax.set_title(f"{fqn} (max_delay {m.max_delay})", fontsize=7)
         ax.set_xlabel("delay (steps)", fontsize=7)
         ax.tick_params(labelsize=6)
-    fig.suptitle("learned synaptic delays", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, "learned synaptic delays", path)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -39,6 +39,13 @@ class TrainSettings:
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
+    @classmethod
+    def from_args(cls, args, defaults: dict, weight_decay: float) -> "TrainSettings":
+        """The command line's ``--epochs`` / ``--batch-size`` / ``--lr`` over the recipe's ``defaults``."""
+        return cls(epochs=args.epochs or defaults["epochs"], batch_size=args.batch_size or defaults["batch_size"],
+                   lr=args.lr or defaults["lr"], weight_decay=weight_decay, max_steps=args.max_steps,
+                   progress=not args.no_progress, seed=args.seed)
+
 
 def max_steps_default() -> int | None:
     value = os.environ.get(MAX_STEPS_ENV)
