@@ -82,8 +82,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=_positive_int, default=None, metavar="N",
                    help=f"stop each training run after N optimizer steps (default ${MAX_STEPS_ENV} or none)")
     p.add_argument("--batch-size", type=_positive_int, default=None)
-    p.add_argument("--lr", type=_positive_float, default=None, help="base learning rate (DCLS positions: 5x, "
-                                                                    "delays: 100x, no weight decay on them)")
+    p.add_argument("--lr", type=_positive_float, default=None, help="base learning rate (DCLS positions: 5x; "
+                                                                    "delays: 0.5 x sigma; no weight decay on them)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-baseline", action="store_true", help="train only the DCLS / delay model")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
