@@ -302,7 +302,7 @@ def conv_with_kernel(
         choice = _dwconv.select_backend(x, kernel.shape, groups, stride_, dilation_, "zeros",
                                         _backend.for_op("dwconv", backend))
         if choice == "triton":
-            y = _dwconv.depthwise_conv(x, kernel, bias, padding, backend="triton")
+            y = _dwconv.triton_depthwise_conv(x, kernel, bias, _dwconv.resolve_padding(padding, kernel.shape[2:]))
             return y if batched else y.squeeze(0)
     conv = (F.conv1d, F.conv2d, F.conv3d)[ndim - 1]
     return conv(input, kernel.to(input.dtype), None if bias is None else bias.to(input.dtype), stride, padding,

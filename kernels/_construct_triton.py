@@ -29,9 +29,10 @@ import torch
 import triton
 import triton.language as tl
 
+from .backend import pow2 as _pow2
+
 __all__ = ["forward", "backward"]
 
-_GAUSS_EPS = 1e-7  # dclszoo.reference.GAUSS_EPS (not imported: this module stays a leaf)
 _BLOCK_ELEMENTS = 4096  # rows per program x padded kernel size: registers of one program's kernel block
 
 
@@ -188,10 +189,6 @@ def _construct_bwd(
                 if NEED_S:
                     gs1 = tl.sum(e1 * ds1, axis=1) - shared * sum0 * tl.sum(ds1, axis=1)
                     tl.store(gs_ptr + RK + tap, gs1 * scale * c1, mask=rmask)
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(0, (int(n) - 1).bit_length())
 
 
 class _Launch:

@@ -54,6 +54,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .backend import plain_tensors as _plain
 from .backend import triton_interpreted
 
 __all__ = ["delay_forward", "delay_backward", "SparseDelayTriton"]
@@ -292,13 +293,6 @@ def _backward_op(grad_y: torch.Tensor, x: torch.Tensor, coeff: torch.Tensor, off
 @_backward_op.register_fake
 def _backward_fake(grad_y, x, coeff, offsets, need_x, need_coeff):
     return x.new_empty(x.shape if need_x else (0,)), coeff.new_empty(coeff.shape if need_coeff else (0,))
-
-
-def _plain(*tensors) -> bool:
-    """Eager call on ordinary tensors: the custom-op dispatcher can be skipped (not when compiling or tracing)."""
-    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
-        return False
-    return all(type(t) is torch.Tensor for t in tensors)
 
 
 class SparseDelayTriton(torch.autograd.Function):

@@ -31,15 +31,16 @@ cuDNN convolutions, ``torch.backends.cudnn.allow_tf32``, else in full fp32).
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from .backend import pow2 as _pow2
+from .backend import triton_interpreted
+
 __all__ = ["forward", "grad_kernel", "blocks"]
 
-_INTERPRETED = os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes")
+_INTERPRETED = triton_interpreted()  # read once: the kernels below are defined in this mode
 
 
 @triton.jit
@@ -119,10 +120,6 @@ def _dw_grad_kernel(
     part = part_ptr + ((cky * tl.num_programs(1) + q) * SPLITS + split) * SX
     for col in range(SX):
         tl.store(part + col, tl.sum(tl.sum(tl.where(kx == col, d, 0.0), axis=1), axis=0))
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(0, (int(n) - 1).bit_length())
 
 
 def blocks(width_out: int, span_x: int, rows: int) -> dict:

@@ -30,6 +30,7 @@ automatic choice never takes Triton for CPU tensors.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from typing import Callable, Iterable
@@ -49,6 +50,7 @@ Check = Callable[[bool], "str | None"]
 automatic choice (which is stricter: e.g. it never sends CPU tensors to Triton)."""
 
 
+@functools.lru_cache(maxsize=8)  # keyed by the variable's value: a change still takes effect
 def _parse(value: str) -> tuple[str | None, dict[str, str]]:
     """``DCLSZOO_BACKEND``'s value as (one name for all ops, {op: name})."""
     value = value.strip().lower()
@@ -159,6 +161,21 @@ def triton_available() -> bool:
 def triton_interpreted() -> bool:
     """Whether Triton kernels run in Triton's interpreter (``TRITON_INTERPRET=1``), hence on CPU tensors."""
     return os.environ.get("TRITON_INTERPRET", "").strip().lower() in ("1", "true", "on", "yes")
+
+
+def pow2(n: int) -> int:
+    """The smallest power of two >= ``n`` (1 for ``n <= 1``): Triton block sizes."""
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def plain_tensors(*tensors) -> bool:
+    """Eager call on ordinary tensors (or None): a custom op's dispatcher can be skipped (not when compiling or
+    tracing)."""
+    import torch
+
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return False
+    return all(t is None or type(t) is torch.Tensor for t in tensors)
 
 
 def triton_runs_on(*tensors, auto: bool = False) -> str | None:

@@ -343,13 +343,6 @@ def _backward_fake(grad, weight, positions, sigma, span, gauss, bounds, sigma_fl
     return like(weight, need_w), like(positions, need_p), like(sigma if sigma is not None else weight, need_s and gauss)
 
 
-def _plain(*tensors) -> bool:
-    """Eager call on ordinary tensors: the custom-op dispatcher can be skipped (not when compiling or tracing)."""
-    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
-        return False
-    return all(t is None or type(t) is torch.Tensor for t in tensors)
-
-
 def construct_forward(
     weight: torch.Tensor,
     positions: torch.Tensor,
@@ -367,7 +360,7 @@ def construct_forward(
     """
     gauss = interpolation == "gauss"
     args = (weight.detach(), positions.detach(), sigma.detach() if gauss else None)
-    if _plain(*args):
+    if _backend.plain_tensors(*args):
         return _forward(*args, span, gauss, _bounds_list(bounds), sigma_floor, backend, _buffers.empty)
     return _forward_op(*args, list(span), gauss, _bounds_list(bounds), sigma_floor, backend)
 
@@ -394,7 +387,7 @@ def construct_backward(
     need_s = need_s and gauss
     args = (grad, weight.detach(), positions.detach(), sigma.detach() if gauss else None)
     rest = (gauss, _bounds_list(bounds), sigma_floor, need_w, need_p, need_s)
-    if _plain(*args):
+    if _backend.plain_tensors(*args):
         if backend == "c":
             return _backward_c(*args, span, *rest[1:], _buffers.empty)
         gw, gp, gs = _backward(*args, span, *rest, backend, _buffers.empty)

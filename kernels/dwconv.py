@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from . import backend as _backend
 
-__all__ = ["depthwise_conv", "select_backend", "why_not_triton", "resolve_padding"]
+__all__ = ["depthwise_conv", "triton_depthwise_conv", "select_backend", "why_not_triton", "resolve_padding"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -103,7 +103,7 @@ def _backward_impl(grad_y: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor, 
     tri = _triton()
     c, sy, sx = kernel.shape[0], kernel.shape[-2], kernel.shape[-1]
     gy = grad_y.contiguous()
-    gx = gk = x.new_empty(0)
+    gx, gk = x.new_empty(0), x.new_empty(0)  # two tensors: a custom op's outputs may not alias
     if need_x:
         flipped = kernel.reshape(c, sy, sx).flip(1, 2).contiguous()
         gx = tri.forward(gy, flipped, None, (sy - 1 - pads[0], sx - 1 - pads[1]), (x.shape[2], x.shape[3]))
@@ -134,7 +134,9 @@ class _DepthwiseConvTriton(torch.autograd.Function):
     def backward(ctx, grad_y):
         x, kernel = ctx.saved_tensors
         need_x, need_k, need_b = ctx.needs_input_grad[:3]
-        gx, gk = _backward_op(grad_y, x, kernel, ctx.pads, bool(need_x), bool(need_k))
+        gx = gk = None
+        if need_x or need_k:
+            gx, gk = _backward_op(grad_y, x, kernel, ctx.pads, bool(need_x), bool(need_k))
         gb = grad_y.sum(dim=(0, 2, 3)).to(grad_y.dtype) if need_b and ctx.has_bias else None
         return (gx if need_x else None), (gk.view(kernel.shape).to(kernel.dtype) if need_k else None), gb, None, None
 
@@ -164,6 +166,14 @@ def depthwise_conv(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | N
             return conv(x, kernel.to(x.dtype), None if bias is None else bias.to(x.dtype), 1, 0, 1, x.shape[1])
         return conv(x, kernel.to(x.dtype), None if bias is None else bias.to(x.dtype), 1,
                     tuple(p[0] for p in pads), 1, x.shape[1])
+    return triton_depthwise_conv(x, kernel, bias, pads)
+
+
+def triton_depthwise_conv(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None,
+                          pads: tuple[tuple[int, int], ...]) -> torch.Tensor:
+    """:func:`depthwise_conv` on the Triton kernels, once they are chosen (``pads`` from :func:`resolve_padding`)."""
+    ndim = kernel.dim() - 2
+    span = tuple(kernel.shape[2:])
     out = [x.shape[2 + d] + pads[d][0] + pads[d][1] - span[d] + 1 for d in range(ndim)]
     if any(o < 1 for o in out):
         raise ValueError(f"input {tuple(x.shape)} is smaller than the kernel {span} with padding {pads}.")

@@ -208,3 +208,16 @@ def test_compiled_dcls_layer_on_triton(triton_device, monkeypatch):
     _close(y.detach().cpu(), y_ref.detach().double(), "compiled output", torch.float32)
     for name, p in ref.named_parameters():
         _close(dict(tri.named_parameters())[name].grad.cpu(), p.grad.double(), f"compiled grad {name}", torch.float32)
+
+
+def test_bias_only_gradient_and_partial_backward_ops(triton_device):
+    """Only the bias trains (frozen input and kernel): the backward op is not needed and must not fail; the op
+    itself, asked for neither or one gradient, returns distinct (non-aliasing) outputs as custom ops must."""
+    x = torch.randn(2, 3, 6, 7, device=triton_device)
+    k = torch.randn(3, 1, 5, 5, device=triton_device)
+    b = torch.randn(3, device=triton_device, requires_grad=True)
+    g = torch.randn(2, 3, 6, 7, device=triton_device)
+    dwconv.depthwise_conv(x, k, b, "same", backend="triton").backward(g)
+    torch.testing.assert_close(b.grad.cpu(), g.sum(dim=(0, 2, 3)).cpu())  # dy summed over batch and space
+    for need_x, need_k in ((False, False), (True, False), (False, True)):
+        torch.library.opcheck(dwconv._backward_op, (g, x, k, [2, 2], need_x, need_k))
