@@ -9,13 +9,14 @@ dclszoo warns and drops the keys this version does not know (see :class:`dclszoo
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .config import _JsonConfig
 
-__all__ = ["CheckpointConfig", "CONFIG_NAME", "FULL_WEIGHTS", "ADAPTER_WEIGHTS", "MODES"]
+__all__ = ["CheckpointConfig", "CONFIG_NAME", "FULL_WEIGHTS", "ADAPTER_WEIGHTS", "MODES", "first_non_json"]
 
 CONFIG_NAME = "dclszoo_config.json"
 FULL_WEIGHTS = "model.safetensors"
@@ -126,3 +127,13 @@ class CheckpointConfig(_JsonConfig):
                 raise ValueError("CheckpointConfig.base_model=None: an adapter needs the base checkpoint it applies "
                                  "to.")
         self._check_version()
+
+
+def first_non_json(values: dict[str, Any]) -> tuple[str, Any] | None:
+    """The first ``(key, value)`` of ``values`` whose value ``json.dumps`` rejects, or None (all are JSON)."""
+    for key, value in values.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            return key, value
+    return None

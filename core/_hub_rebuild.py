@@ -13,13 +13,12 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import inspect
-import json
 from typing import Any, Callable
 
 import torch.nn as nn
 
 from . import _plugins
-from ._hub_config import CheckpointConfig
+from ._hub_config import CheckpointConfig, first_non_json
 from ._safe_io import CheckpointError
 
 __all__ = ["register_builder", "registered_builders", "describe", "build", "save_native", "require_plugin",
@@ -74,12 +73,10 @@ def register_builder(fn: Callable[..., nn.Module] | None = None, *, name: str | 
             for p in sig.parameters.values():
                 if p.kind is inspect.Parameter.VAR_KEYWORD:
                     recorded.update(recorded.pop(p.name, {}))
-            for arg, value in recorded.items():
-                try:
-                    json.dumps(value)
-                except (TypeError, ValueError):
-                    raise TypeError(f"builder {key!r}: argument {arg}={value!r} is not a JSON value; a checkpoint "
-                                    f"stores builder arguments as JSON (pass a name or number instead).") from None
+            bad = first_non_json(recorded)
+            if bad is not None:
+                raise TypeError(f"builder {key!r}: argument {bad[0]}={bad[1]!r} is not a JSON value; a checkpoint "
+                                f"stores builder arguments as JSON (pass a name or number instead).")
             model = func(*bound.args, **bound.kwargs)
             if not isinstance(model, nn.Module):
                 raise TypeError(f"builder {key!r} returned {type(model).__name__}; expected an nn.Module.")
@@ -128,11 +125,12 @@ def _call(impl, **kwargs: Any) -> Any:
     return impl.function(*[kwargs[a] for a in impl.argnames])
 
 
-def _distribution(plugin: str) -> tuple[str | None, str | None]:
+def _distribution(plugin: str) -> str | None:
+    """The name of the distribution that provides ``plugin``'s entry point (None if none does)."""
     for ep in importlib.metadata.entry_points(group=_plugins.ENTRY_POINT_GROUP):
         if ep.name == plugin and getattr(ep, "dist", None) is not None:
-            return ep.dist.name, ep.dist.version
-    return None, None
+            return ep.dist.name
+    return None
 
 
 def describe(model: nn.Module) -> tuple[str | None, dict]:
@@ -145,8 +143,8 @@ def describe(model: nn.Module) -> tuple[str | None, dict]:
             raise TypeError(f"dclszoo plugin {impl.plugin_name!r}: dclszoo_describe_model returned "
                             f"{type(spec).__name__}; expected a dict or None.")
         spec = dict(spec)
-        dist, _ = _distribution(impl.plugin_name)
-        spec.setdefault("pip", dist)
+        if "pip" not in spec:  # the entry points are scanned only for a plugin that does not say it
+            spec["pip"] = _distribution(impl.plugin_name)
         info = {p.name: p for p in _plugins.plugins()}.get(impl.plugin_name)
         spec["plugin_version"] = info.version if info is not None else None
         return impl.plugin_name, spec

@@ -43,6 +43,9 @@ from .modules._delay_base import DelayedSynapse
 __all__ = ["SigmaSchedule", "delay_modules", "integer_delays", "round_delays", "delay_param_groups",
            "delay_groups", "DELAY_LR_PER_SIGMA"]
 
+NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+"""Normalisation layers whose parameters get no weight decay (``training.param_groups`` adds RMSNorm)."""
+
 DELAY_LR_PER_SIGMA = 0.5
 """Delay learning rate per unit of sigma (time steps): with Adam, a delay's step is at most about ``lr``, so
 ``0.5 * sigma`` keeps each step within half the Gaussian's current width (measured best of 0.15 / 0.27 / 0.5 / 1.0
@@ -267,24 +270,21 @@ def delay_param_groups(model: nn.Module, lr: float, delay_lr: float | None = Non
         A list of param-group dicts for ``torch.optim.*`` (empty groups are left out).
     """
     delays = {id(m.delays) for m in delay_modules(model)}
-    norm_types = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
     no_decay = set()
     if no_decay_bias_and_norm:
         for m in model.modules():
             for name, p in m.named_parameters(recurse=False):
-                if name == "bias" or isinstance(m, norm_types):
+                if name == "bias" or isinstance(m, NORM_TYPES):
                     no_decay.add(id(p))
-    groups = {"decay": [], "no_decay": []}
+    groups = {"decay": [], "no_decay": [], "delays": []}
     for p in model.parameters():
-        if id(p) not in delays:
-            groups["no_decay" if id(p) in no_decay else "decay"].append(p)
+        groups["delays" if id(p) in delays else "no_decay" if id(p) in no_decay else "decay"].append(p)
     out = [
         {"params": groups["decay"], "lr": lr, "weight_decay": weight_decay},
         {"params": groups["no_decay"], "lr": lr, "weight_decay": 0.0},
     ]
     if delay_lr is not None:
-        out.append({"params": [p for p in model.parameters() if id(p) in delays], "lr": delay_lr,
-                    "weight_decay": 0.0})
+        out.append({"params": groups["delays"], "lr": delay_lr, "weight_decay": 0.0})
     else:
         out += delay_groups(model)
     return [g for g in out if g["params"]]

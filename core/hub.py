@@ -343,8 +343,8 @@ def _match_dtype(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
         model.to(dtypes.pop())
 
 
-def _check_adapter(model: nn.Module, state: Mapping[str, torch.Tensor], config: CheckpointConfig, where: str) -> None:
-    current = model.state_dict()
+def _check_adapter(model: nn.Module, state: Mapping[str, torch.Tensor], current: Mapping[str, torch.Tensor],
+                   config: CheckpointConfig, where: str) -> None:
     prefixes = _dclszoo_prefixes(model)
     missing = [k for k in current if _under(k, prefixes) and k not in state]
     if missing:
@@ -406,8 +406,9 @@ def from_pretrained(repo_id_or_dir: str | os.PathLike, revision: str | None = No
         _match_dtype(model, state)
     hint = ("The model= you passed does not match the saved one." if given else
             "The rebuilt architecture or patch config differs from the saved one (edited dclszoo_config.json?).")
-    check_state(state, model.state_dict(), f"{config.weights} of {where}", require_all=not adapter, hint=hint)
+    current = model.state_dict()
+    check_state(state, current, f"{config.weights} of {where}", require_all=not adapter, hint=hint)
     if adapter:
-        _check_adapter(model, state, config, where)
+        _check_adapter(model, state, current, config, where)
     model.load_state_dict(state, strict=not adapter)
     return model.eval()

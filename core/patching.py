@@ -17,7 +17,8 @@ from .config import DclsConfig
 from .modules import DclsConv1d, DclsConv2d, DclsConv3d, DclsConvNd
 from .report import PatchReport, ReplacedModule
 
-__all__ = ["replace_modules", "is_target_conv", "resolve_span", "conv_to_dcls", "patch_generic"]
+__all__ = ["replace_modules", "is_target_conv", "resolve_span", "conv_to_dcls", "patch_generic",
+           "is_transformers_model"]
 
 _DENSE = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _DCLS = (DclsConv1d, DclsConv2d, DclsConv3d)
@@ -178,3 +179,9 @@ def patch_generic(model: nn.Module, config: DclsConfig, filter_fn: FilterFn | No
         return None
 
     return replace_modules(model, make, filter_fn, plugin="generic")
+
+
+def is_transformers_model(model: nn.Module) -> bool:
+    """Whether ``model`` is a transformers ``PreTrainedModel`` (checked by class name: transformers is not imported)."""
+    return any(c.__name__ == "PreTrainedModel" and c.__module__.startswith("transformers.")
+               for c in type(model).__mro__)

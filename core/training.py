@@ -29,8 +29,8 @@ from typing import Any
 import torch.nn as nn
 
 from .api import to_dense
-from .delays_training import (DELAY_LR_PER_SIGMA, SigmaSchedule, delay_groups, delay_modules, integer_delays,
-                              round_delays)
+from .delays_training import (DELAY_LR_PER_SIGMA, NORM_TYPES, SigmaSchedule, delay_groups, delay_modules,
+                              integer_delays, round_delays)
 from .modules import DclsConvNd
 from .modules._delay_base import DelayedSynapse
 from .patching import replace_modules
@@ -45,7 +45,7 @@ DELAY_LR_SCALE = 100.0
 delays learn at ``DELAY_LR_PER_SIGMA`` x sigma (``docs/timing_task.md``); pass ``delay_lr_scale=DELAY_LR_SCALE``
 for the reference's constant rate."""
 
-_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.modules.normalization.RMSNorm)
+_NORMS = NORM_TYPES + (nn.modules.normalization.RMSNorm,)
 
 
 def _check_scale(name: str, value: Any) -> None:
@@ -143,8 +143,9 @@ def finalize(model: nn.Module, *, round_delays: bool = True, freeze_sigma: bool 
         ``model`` (a new module only if ``model`` itself is a dclszoo module and ``dense``).
     """
     clamp_parameters(model)
+    delays = delay_modules(model)
     if round_delays:
-        for m in delay_modules(model):
+        for m in delays:
             m.round_delays()
     if freeze_sigma:
         for m in model.modules():
@@ -152,10 +153,8 @@ def finalize(model: nn.Module, *, round_delays: bool = True, freeze_sigma: bool 
                 m.sigma.requires_grad_(False)
     if not dense:
         return model
-    if not delay_modules(model):
+    if not delays:  # a bare DCLS module included: to_dense returns its replacement
         return to_dense(model)
-    if isinstance(model, DclsConvNd):
-        return model.to_dense()
     replace_modules(model, lambda m, fqn: m.to_dense() if isinstance(m, DclsConvNd) else None, plugin="finalize")
     return model
 

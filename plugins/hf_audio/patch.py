@@ -30,7 +30,7 @@ from torch.nn.utils import parametrize
 from dclszoo.config import DclsConfig
 from dclszoo.modules import DclsConv1d, DclsConv2d, DclsConvNd
 from dclszoo.modules.from_dense import _placement
-from dclszoo.patching import conv_to_dcls, replace_modules, resolve_span
+from dclszoo.patching import conv_to_dcls, is_transformers_model, replace_modules, resolve_span
 from dclszoo.report import PatchReport
 
 from .causal import CausalDclsConv1d
@@ -45,12 +45,6 @@ WEIGHT_NORM_ATTR = "dclszoo_weight_norm"  # {module name: weight-norm dim} of th
 KERNELS_ATTR = "dclszoo_dense_kernels"  # {module name: kernel size} of the convs replaced, as the config builds them
 _DENSE = {nn.Conv1d: DclsConv1d, nn.Conv2d: DclsConv2d}
 FilterFn = Callable[[nn.Module, str], bool]
-
-
-def is_transformers_model(model: nn.Module) -> bool:
-    """Whether ``model`` is a transformers ``PreTrainedModel`` (checked by class name: transformers is not imported)."""
-    return any(c.__name__ == "PreTrainedModel" and c.__module__.startswith("transformers.")
-               for c in type(model).__mro__)
 
 
 def _model_type(model: nn.Module) -> str:

@@ -10,11 +10,13 @@ patched) and its creation arguments (``timm.models.get_model_args``). The checkp
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
+
+from dclszoo._hub_config import first_non_json
+from dclszoo.patching import is_transformers_model
 
 from .patch import MODEL_ARGS_KEY, is_timm_model
 
@@ -27,12 +29,6 @@ def _architecture(model: nn.Module) -> str | None:
     return arch if isinstance(arch, str) and arch else None
 
 
-def _is_transformers_model(model: nn.Module) -> bool:
-    """Whether ``model`` is a transformers ``PreTrainedModel`` (by class name: transformers is not imported)."""
-    return any(c.__name__ == "PreTrainedModel" and c.__module__.startswith("transformers.")
-               for c in type(model).__mro__)
-
-
 def describe_timm_model(model: nn.Module) -> dict[str, Any] | None:
     """The ``dclszoo_describe_model`` answer for timm models (None for other models).
 
@@ -43,7 +39,7 @@ def describe_timm_model(model: nn.Module) -> dict[str, Any] | None:
     Raises:
         ValueError: a creation argument is not JSON (timm's own ``save_for_hf`` refuses it as well).
     """
-    if not is_timm_model(model) or _is_transformers_model(model):
+    if not is_timm_model(model) or is_transformers_model(model):
         return None
     from .registry import SUFFIX
 
@@ -54,12 +50,10 @@ def describe_timm_model(model: nn.Module) -> dict[str, Any] | None:
     from timm.models import get_model_args
 
     args = {k: v for k, v in get_model_args(model).items() if k != MODEL_ARGS_KEY}
-    for key, value in args.items():
-        try:
-            json.dumps(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"timm model argument {key}={value!r} is not JSON-serialisable, so the checkpoint could "
-                             f"not rebuild the model; create it with serialisable arguments.") from None
+    bad = first_non_json(args)
+    if bad is not None:
+        raise ValueError(f"timm model argument {bad[0]}={bad[1]!r} is not JSON-serialisable, so the checkpoint could "
+                         f"not rebuild the model; create it with serialisable arguments.")
     hub_id = model.pretrained_cfg.get("hf_hub_id")
     base = revision = None
     if isinstance(hub_id, str) and hub_id:
