@@ -106,6 +106,7 @@ def run(row: dict, variant: str, seed: int, args) -> tuple[float, float]:
     from spikingjelly.activation_based import functional
 
     from dclszoo.delays_training import SigmaSchedule, delay_param_groups
+    from dclszoo.training import DELAY_LR_SCALE
     from dclszoo.tasks import TimingTask
 
     t0 = time.perf_counter()
@@ -121,14 +122,14 @@ def run(row: dict, variant: str, seed: int, args) -> tuple[float, float]:
         opt = torch.optim.Adam(delay_param_groups(net, lr=args.lr))
         sched = SigmaSchedule(net, args.epochs, optimizer=opt)
     elif variant == "snn":
-        opt = torch.optim.Adam(delay_param_groups(net, lr=args.lr, delay_lr=100 * args.lr))
+        opt = torch.optim.Adam(delay_param_groups(net, lr=args.lr, delay_lr=DELAY_LR_SCALE * args.lr))
         sched = SigmaSchedule(net, args.epochs, decay_fraction=0.25, floor=0.5, hard_fraction=0.0)
     else:
         opt, sched = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=args.lr), None
     batches = (args.train + args.batch - 1) // args.batch
     for epoch in range(args.epochs):
         if variant == "snn":  # the delay group (the last) anneals from 100 x lr to 0
-            opt.param_groups[-1]["lr"] = 100 * args.lr * 0.5 * (1 + math.cos(math.pi * epoch / args.epochs))
+            opt.param_groups[-1]["lr"] = DELAY_LR_SCALE * args.lr * 0.5 * (1 + math.cos(math.pi * epoch / args.epochs))
         perm = torch.randperm(args.train).to(args.device)
         for b in range(batches):
             idx = perm[b * args.batch:(b + 1) * args.batch]
@@ -146,7 +147,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--set", choices=tuple(SETS), default="grid", help="grid (the table in the docs) or unseen")
     p.add_argument("--rows", default=None, help="comma-separated row names of the set (default: all)")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated: none, random, learned")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated among {', '.join(VARIANTS)}")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--train", type=int, default=2048)

@@ -12,7 +12,8 @@ import sys
 from types import ModuleType
 from typing import Any
 
-__all__ = ["CliError", "require", "EXTRAS", "info", "warn", "format_table", "example_input", "count_params"]
+__all__ = ["CliError", "require", "EXTRAS", "info", "warn", "format_table", "example_input", "count_params",
+           "dclszoo_modules", "model_output"]
 
 EXTRAS = {
     "timm": "timm",
@@ -102,3 +103,24 @@ def example_input(model, image_size: int = 64):
         if isinstance(m, (nn.Conv1d, nn.Conv3d, nn.Linear)):
             return None
     return None
+
+
+def dclszoo_modules(model) -> tuple[list, list]:
+    """``([(fqn, DclsConvNd)], [(fqn, delay synapse)])`` of ``model``."""
+    from .modules import DclsConvNd
+    from .modules._delay_base import DelayedSynapse
+
+    named = list(model.named_modules())
+    return ([(f, m) for f, m in named if isinstance(m, DclsConvNd)],
+            [(f, m) for f, m in named if isinstance(m, DelayedSynapse)])
+
+
+def model_output(model, sample):
+    """``model``'s main output on ``sample = (args, kwargs)`` without gradients: ``.logits`` of a transformers
+    output, the first element of a tuple, else the output itself."""
+    import torch
+
+    with torch.no_grad():
+        y = model(*sample[0], **sample[1])
+    y = getattr(y, "logits", y)
+    return y[0] if isinstance(y, (tuple, list)) else y

@@ -8,7 +8,7 @@ import dataclasses
 import warnings
 from pathlib import Path
 
-from ._cli_common import CliError, count_params, example_input, info
+from ._cli_common import CliError, count_params, example_input, info, model_output
 from ._cli_load import build_source
 
 __all__ = ["add_arguments", "run", "config_from_args"]
@@ -101,18 +101,13 @@ def _default_targets(name: str) -> str:
 
 
 def _max_diff(a, b) -> float:
+    """``max |a - b|`` of two :func:`model_output` results (nan if they are not tensors)."""
     import torch
 
-    if hasattr(a, "logits"):
-        a, b = a.logits, b.logits
-    if isinstance(a, (tuple, list)):
-        a, b = a[0], b[0]
     return float((a.float() - b.float()).abs().max()) if isinstance(a, torch.Tensor) else float("nan")
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     import dclszoo
 
     model, zoo = build_source(args.model, pretrained=args.pretrained, num_classes=args.num_classes,
@@ -142,8 +137,8 @@ def run(args: argparse.Namespace) -> int:
              f"change (fine-tune to recover).")
     sample = example_input(model) if not args.no_check else None
     if sample is not None:
-        with torch.no_grad():
-            diff = _max_diff(model(*sample[0], **sample[1]), dense(*sample[0], **sample[1]))
+        output = model_output(model, sample)
+        diff = _max_diff(output, model_output(dense, sample))
         info(f"check: max |DCLS - dense| on a random input = {diff:.3g}"
              + (" (function preserved)" if diff < 1e-4 and not lossy else ""))
     out = Path(args.out)
@@ -155,8 +150,7 @@ def run(args: argparse.Namespace) -> int:
         from ._cli_load import load_checkpoint
 
         reloaded, _ = load_checkpoint(str(out))
-        with torch.no_grad():
-            diff = _max_diff(reloaded(*sample[0], **sample[1]), model(*sample[0], **sample[1]))
+        diff = _max_diff(model_output(reloaded, sample), output)  # save_pretrained leaves the model as it was
         if diff != 0.0:
             raise CliError(f"the checkpoint in {str(out)!r} reloads with different outputs (max |diff| {diff:.3g}).")
         info("check: reloaded from the checkpoint, identical outputs")

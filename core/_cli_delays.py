@@ -4,7 +4,7 @@ The task (:class:`dclszoo.tasks.TimingTask`, default settings): every class fire
 a class-specific order; a network without delays that sums its readout over time is at chance by construction.
 The network (:class:`dclszoo._cli_models.TimingSNN`): SpikingJelly ``layer.Linear`` -> LIF (tau ~ 1) -> linear
 readout summed over time. The recipe is the library's: ``dclszoo.patch(net, DelayConfig(max_delay=...))`` on the
-input synapses, :func:`dclszoo.delays_training.delay_param_groups` (delays in their own groups, no weight decay),
+input synapses, :func:`dclszoo.training.param_groups` (each delay module's delays in a group of their own, no weight decay),
 :class:`dclszoo.training.SigmaSchedule` with its defaults (stepped per epoch; given the optimizer where it drives
 the delays' learning rate), evaluation with integer delays, :func:`dclszoo.training.finalize` (rounded delays)
 before saving. The same network without delays is trained beside it.
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ._cli_common import count_params, info, require
-from ._cli_train import TrainSettings, evaluate, fit
+from ._cli_train import TrainSettings, evaluate, fit, reload_report
 
 __all__ = ["run", "DEFAULTS"]
 
@@ -40,7 +40,6 @@ def run(args, accelerator, out: Path) -> dict:
     import dclszoo
     from ._cli_models import timing_snn
     from .config import DelayConfig
-    from .delays_training import delay_param_groups
     from .tasks import TimingTask
     from .training import SigmaSchedule, finalize, integer_delays
 
@@ -60,16 +59,15 @@ def run(args, accelerator, out: Path) -> dict:
     for label in ([] if args.no_baseline else ["no delays"]) + ["delays"]:
         torch.manual_seed(args.seed)
         net = timing_snn(channels=task.channels, hidden=hidden, classes=task.classes)
-        groups, on_start = None, None
+        on_start = None
         if label == "delays":
             dclszoo.patch(net, DelayConfig(max_delay=max_delay), filter_fn=lambda m, fqn: fqn == "synapses")
-            groups = delay_param_groups(net, lr=settings.lr)
 
             def on_start(optimizer, epochs, net=net):
                 sigma = SigmaSchedule(net, total_steps=epochs, optimizer=optimizer)
                 return lambda epoch: sigma.step()
 
-        trained, stats = fit(net, data, _loss, settings, accelerator, desc=label, groups=groups, on_start=on_start)
+        trained, stats = fit(net, data, _loss, settings, accelerator, desc=label, on_start=on_start)
         with integer_delays(trained) if label == "delays" else contextlib.nullcontext():
             accuracy, logits = evaluate(trained, x_test, y_test, _forward)
         runs[label] = {"test_accuracy": accuracy, "parameters": count_params(trained), **stats}
@@ -78,12 +76,10 @@ def run(args, accelerator, out: Path) -> dict:
     save_dir = out / "model"
     dclszoo.save_pretrained(model, save_dir)
     reloaded = dclszoo.from_pretrained(save_dir)
-    reloaded_accuracy, reloaded_logits = evaluate(reloaded, x_test, y_test, _forward)
     return {
         "title": "learnable delays on the timing task",
         "runs": runs,
-        "reload": {"directory": str(save_dir), "max_abs_logit_diff": float((reloaded_logits - logits).abs().max()),
-                   "test_accuracy": reloaded_accuracy},
+        "reload": reload_report(save_dir, reloaded, logits, x_test, y_test, _forward),
         "settings": {"task": {"channels": task.channels, "classes": task.classes, "steps": task.steps,
                               "noise": task.noise}, "hidden": hidden, "max_delay": max_delay,
                      "epochs": settings.epochs, "batch_size": settings.batch_size, "lr": settings.lr},

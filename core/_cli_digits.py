@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ._cli_common import CliError, count_params, info, require
-from ._cli_train import TrainSettings, evaluate, fit
+from ._cli_train import TrainSettings, evaluate, fit, reload_report
 
 __all__ = ["run", "digits_data", "DEFAULTS"]
 
@@ -110,12 +110,10 @@ def run(args, accelerator, out: Path) -> dict:
     save_dir = out / "model"
     dclszoo.save_pretrained(model, save_dir)
     reloaded = dclszoo.from_pretrained(save_dir)
-    reloaded_accuracy, reloaded_logits = evaluate(reloaded, x_test, y_test, _forward)
     return {
         "title": f"{name} on scikit-learn's handwritten digits ({size}x{size})",
         "runs": runs,
-        "reload": {"directory": str(save_dir), "max_abs_logit_diff": float((reloaded_logits - logits).abs().max()),
-                   "test_accuracy": reloaded_accuracy},
+        "reload": reload_report(save_dir, reloaded, logits, x_test, y_test, _forward),
         "settings": {"model": name, "init": "random", "image_size": size, "dcls": config.to_dict(),
                      "epochs": settings.epochs, "batch_size": settings.batch_size, "lr": settings.lr},
         "chance": 0.1,

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ._cli_common import CliError, example_input, info, require, warn
+from ._cli_common import CliError, dclszoo_modules, example_input, info, model_output, require, warn
 from ._cli_load import load_checkpoint
 
 __all__ = ["add_arguments", "run"]
@@ -42,15 +42,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-program", action="store_true", help="dense: skip model.pt2 (torch.export)")
 
 
-def _modules(model):
-    from .modules import DclsConvNd
-    from .modules._delay_base import DelayedSynapse
-
-    dcls = [(f, m) for f, m in model.named_modules() if isinstance(m, DclsConvNd)]
-    delays = [(f, m) for f, m in model.named_modules() if isinstance(m, DelayedSynapse)]
-    return dcls, delays
-
-
 def _sample(model, shape: str | None):
     import torch
 
@@ -68,22 +59,13 @@ def _sample(model, shape: str | None):
     return (x,), {}
 
 
-def _output(model, sample):
-    import torch
-
-    with torch.no_grad():
-        y = model(*sample[0], **sample[1])
-    y = getattr(y, "logits", y)
-    return y[0] if isinstance(y, (tuple, list)) else y
-
-
 def _dense(model, args, out: Path) -> dict:
     import torch
     from safetensors.torch import save_model
 
     from .training import finalize
 
-    dcls, delays = _modules(model)
+    dcls, delays = dclszoo_modules(model)
     if not dcls:
         if delays:
             raise CliError(f"{args.directory!r} has delay synapses and no DCLS convolution; a delay has no plain torch "
@@ -94,11 +76,11 @@ def _dense(model, args, out: Path) -> dict:
              f"model.pt2 is skipped.")
     changed = {f: {"class": type(m).__name__, "kernel_size": list(m.span), "taps": m.kernel_count} for f, m in dcls}
     sample = _sample(model, args.input_shape)
-    before = _output(model, sample) if sample is not None else None
+    before = model_output(model, sample) if sample is not None else None
     model = finalize(model, dense=True).eval()
     result: dict = {"to": "dense", "changed_layers": changed, "files": ["model.safetensors", "export.json"]}
     if before is not None:
-        after = _output(model, sample)
+        after = model_output(model, sample)
         diff = float((after.float() - before.float()).abs().max())
         scale = float(before.float().abs().max()) or 1.0
         result["max_abs_diff"] = diff
@@ -138,7 +120,7 @@ def _delays(model, args, out: Path) -> dict:
 
     from .delays_export import export_delays
 
-    _, delays = _modules(model)
+    _, delays = dclszoo_modules(model)
     if not delays:
         raise CliError(f"{args.directory!r} has no delay synapses; DCLS convolutions export with --to dense.")
     _integer(model, delays)
@@ -165,7 +147,7 @@ def _nir(model, args, out: Path) -> dict:
     from .delays_export import from_nir, to_nir
     from .modules import DelayedLinear
 
-    _, delays = _modules(model)
+    _, delays = dclszoo_modules(model)
     linear = [(f, m) for f, m in delays if isinstance(m, DelayedLinear)]
     if not linear:
         what = "only delay convolutions (export them with --to delays)" if delays else "no delay synapses"
@@ -179,7 +161,8 @@ def _nir(model, args, out: Path) -> dict:
     files = []
     for fqn, m in linear:
         path = out / f"{fqn}.nir"
-        nir.write(path, to_nir(m))
+        graph = to_nir(m)
+        nir.write(path, graph)
         back = from_nir(nir.read(path), max_delay=m.max_delay)
         x = (torch.rand(m.max_delay + 8, 2, m.in_features, generator=torch.Generator().manual_seed(0)) < 0.3).float()
         with torch.no_grad():
@@ -188,7 +171,7 @@ def _nir(model, args, out: Path) -> dict:
         if diff > 1e-4:
             raise CliError(f"{path} read back computes a different function (max |diff| {diff:.3g}).")
         files.append(path.name)
-        info(f"{fqn}: {m.in_features}->{m.out_features}, {len([n for n in to_nir(m).nodes if n.startswith('delay_')])}"
+        info(f"{fqn}: {m.in_features}->{m.out_features}, {len([n for n in graph.nodes if n.startswith('delay_')])}"
              f" Delay node(s) -> {path} (read back: same outputs)")
     return {"to": "nir", "files": files + ["export.json"], "skipped": skipped,
             "note": "delay synapses only: neurons and other layers are not part of these graphs"}

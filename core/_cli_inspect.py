@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from ._cli_common import count_params, format_table, info
+from ._cli_common import count_params, dclszoo_modules, format_table, info
 from ._cli_load import load_checkpoint
 
 __all__ = ["add_arguments", "run", "layer_summaries"]
@@ -172,9 +172,6 @@ def plot_delays(modules: list[tuple[str, object]], path: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .modules import DclsConvNd
-    from .modules._delay_base import DelayedSynapse
-
     model, fmt = load_checkpoint(args.directory)
     rows = layer_summaries(model)
     out = Path(args.out) if args.out else Path(args.directory) / "inspect"
@@ -189,8 +186,7 @@ def run(args: argparse.Namespace) -> int:
                                                   "parameters": count_params(model), "layers": rows}, indent=1))
     written = [out / "summary.json"]
     if not args.no_plots and rows:
-        dcls = [(f, m) for f, m in model.named_modules() if isinstance(m, DclsConvNd)]
-        delays = [(f, m) for f, m in model.named_modules() if isinstance(m, DelayedSynapse)]
+        dcls, delays = dclszoo_modules(model)
         if dcls:
             written.append(plot_positions(dcls, out / "positions.png"))
         if delays:

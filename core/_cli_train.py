@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -37,7 +37,6 @@ class TrainSettings:
     max_steps: int | None = None
     progress: bool = True
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_args(cls, args, defaults: dict, weight_decay: float) -> "TrainSettings":
@@ -96,11 +95,10 @@ def lr_factor(step: int, total: int, warmup: float = WARMUP) -> float:
 
 
 def fit(model: torch.nn.Module, dataset, loss_fn: Callable, settings: TrainSettings, accelerator, desc: str, *,
-        groups: list[dict] | None = None, on_start: Callable | None = None) -> tuple:
+        on_start: Callable | None = None) -> tuple:
     """Train ``model`` on ``dataset`` (a map-style dataset of tuples); returns ``(model, stats)``.
 
     Args:
-        groups: Optimizer parameter groups (default :func:`dclszoo.training.param_groups` with ``settings``).
         on_start: ``on_start(optimizer, epochs) -> on_epoch`` called once the number of epochs is known; the
             returned ``on_epoch(epoch)`` (or None) runs after every epoch (a sigma schedule).
 
@@ -110,14 +108,10 @@ def fit(model: torch.nn.Module, dataset, loss_fn: Callable, settings: TrainSetti
     """
     from tqdm.auto import tqdm
 
-    from .delays_training import delay_modules
     from .training import param_groups
 
-    if groups is None:
-        groups = param_groups(model, lr=settings.lr, weight_decay=settings.weight_decay)
-    optimizer = torch.optim.AdamW(groups)
-    delays = {id(m.delays) for m in delay_modules(model)}
-    scheduled = [(g, g["lr"]) for g in optimizer.param_groups if not any(id(p) in delays for p in g["params"])]
+    optimizer = torch.optim.AdamW(param_groups(model, lr=settings.lr, weight_decay=settings.weight_decay))
+    scheduled = [(g, g["lr"]) for g in optimizer.param_groups if g["name"] != "delays"]
     loader = torch.utils.data.DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, drop_last=True,
                                          generator=torch.Generator().manual_seed(settings.seed))
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
@@ -155,6 +149,15 @@ def fit(model: torch.nn.Module, dataset, loss_fn: Callable, settings: TrainSetti
     bar.close()
     stats = {"steps": step, "seconds": time.perf_counter() - began, "final_loss": loss_value}
     return accelerator.unwrap_model(model), stats
+
+
+def reload_report(directory, reloaded: torch.nn.Module, logits: torch.Tensor, inputs: torch.Tensor,
+                  labels: torch.Tensor, forward: Callable, batch_size: int = 256) -> dict:
+    """The ``reload`` entry of a recipe's results: ``reloaded`` evaluated as the trained model was, and how far its
+    logits are from the trained model's ``logits``."""
+    accuracy, new_logits = evaluate(reloaded, inputs, labels, forward, batch_size)
+    return {"directory": str(directory), "max_abs_logit_diff": float((new_logits - logits).abs().max()),
+            "test_accuracy": accuracy}
 
 
 @torch.no_grad()

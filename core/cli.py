@@ -68,10 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help(sys.stderr)
             return 2
-        if args.command == "finetune":
-            from ._cli_finetune import check_options
-
-            check_options(args, parsers["finetune"])
+        check = getattr(importlib.import_module(COMMANDS[args.command][0]), "check_options", None)
+        if check is not None:  # a command's own usage rules (exit 2 like argparse's)
+            check(args, parsers[args.command])
     except SystemExit as exc:  # --help / --version (0) and usage errors (2)
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     from ._cli_common import CliError

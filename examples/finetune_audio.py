@@ -68,7 +68,7 @@ def tiny_dense_checkpoint(directory: Path, task: AudioEventTask) -> Path:
         conv_dim=(32, 32, 32, 32), conv_stride=(5, 4, 4, 2), conv_kernel=(10, 8, 8, 4), conv_bias=True,
         num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, feat_extract_norm="layer",
         do_stable_layer_norm=True, mask_time_prob=0.0, num_labels=task.classes, id2label=task.id2label,
-        label2id={v: k for k, v in task.id2label.items()}, classifier_proj_size=64)
+        label2id=task.label2id, classifier_proj_size=64)
     Wav2Vec2ForSequenceClassification(config).save_pretrained(directory)
     return directory
 
@@ -81,11 +81,11 @@ def build_model(args, task: AudioEventTask, out: Path):
 
         config = SpectrogramDclsConfig(  # DCLS-Audio's Gaussian 26 taps in 23x23; a small ConvNeXt for a CPU
             backbone="convnext_atto", backbone_kwargs=dict(depths=(2, 2, 2, 2), dims=(16, 32, 48, 64)), n_mels=64,
-            num_labels=task.classes, id2label=task.id2label, label2id={v: k for k, v in task.id2label.items()})
+            num_labels=task.classes, id2label=task.id2label, label2id=task.label2id)
         return SpectrogramDclsForAudioClassification(config), None
     source = args.model or tiny_dense_checkpoint(out / "pretrained-dense", task)
     model = AutoModelForAudioClassification.from_pretrained(
-        source, num_labels=task.classes, id2label=task.id2label, label2id={v: k for k, v in task.id2label.items()},
+        source, num_labels=task.classes, id2label=task.id2label, label2id=task.label2id,
         ignore_mismatched_sizes=args.model is not None)
     kernel = model.config.num_conv_pos_embeddings
     span = args.span or 2 * kernel

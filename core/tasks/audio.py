@@ -76,6 +76,11 @@ class AudioEventTask:
         """Class index -> name (for ``config.id2label``)."""
         return dict(enumerate(AUDIO_EVENT_CLASSES[: self.classes]))
 
+    @property
+    def label2id(self) -> dict[str, int]:
+        """Class name -> index (for ``config.label2id``)."""
+        return {name: i for i, name in self.id2label.items()}
+
     def sample(self, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw ``n`` clips.
 

@@ -146,7 +146,7 @@ def test_spectrogram_model_on_the_meta_device_and_missing_tensors(tmp_path):
 
 def test_pipeline_on_a_saved_spectrogram_classifier(tmp_path):
     task = AudioEventTask()
-    config = _config(id2label=task.id2label, label2id={v: k for k, v in task.id2label.items()})
+    config = _config(id2label=task.id2label, label2id=task.label2id)
     model = SpectrogramDclsForAudioClassification(config).eval()
     model.save_pretrained(tmp_path / "clf")
     transformers.Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=False).save_pretrained(tmp_path / "clf")
