@@ -18,7 +18,7 @@ from .modules import DclsConv1d, DclsConv2d, DclsConv3d, DclsConvNd
 from .report import PatchReport, ReplacedModule
 
 __all__ = ["replace_modules", "is_target_conv", "resolve_span", "conv_to_dcls", "patch_generic",
-           "is_transformers_model"]
+           "is_transformers_model", "is_plain_conv"]
 
 _DENSE = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _DCLS = (DclsConv1d, DclsConv2d, DclsConv3d)
@@ -149,7 +149,7 @@ def conv_to_dcls(conv: nn.Module, config: DclsConfig, fqn: str = "", cls: type |
         raise type(exc)(f"{fqn or 'conv'}: {exc}") from exc
 
 
-def _is_plain_conv(module: nn.Module) -> bool:
+def is_plain_conv(module: nn.Module) -> bool:
     """An ``nn.ConvNd`` (or subclass) that does not override the convolution itself (e.g. timm's Conv2dSame)."""
     for base in _DENSE:
         if isinstance(module, base):
@@ -174,7 +174,7 @@ def patch_generic(model: nn.Module, config: DclsConfig, filter_fn: FilterFn | No
         )
 
     def make(module: nn.Module, fqn: str) -> nn.Module | None:
-        if _is_plain_conv(module) and is_target_conv(module, config):
+        if is_plain_conv(module) and is_target_conv(module, config):
             return conv_to_dcls(module, config, fqn)
         return None
 

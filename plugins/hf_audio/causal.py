@@ -44,15 +44,6 @@ class CausalDclsConv1d(DclsConv1d):
         extra = self.span[0] - self.kernel_size[0]
         return super().forward(F.pad(input, (extra, 0)) if extra else input)
 
-    @torch.no_grad()
-    def to_dense(self) -> nn.Module:
-        """``nn.Conv1d`` of kernel size ``span``, padding 0 (the block pads ``span - 1`` frames)."""
-        self.validate()
-        dense = nn.Conv1d(self.in_channels, self.out_channels, self.span[0], stride=self.stride, padding=0,
-                          dilation=self.dilation, groups=self.groups, bias=self.bias is not None,
-                          device=self.weight.device, dtype=self.weight.dtype)
-        return self._fill_dense(dense)
-
     @classmethod
     def from_dense(
         cls,

@@ -28,9 +28,13 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Mapping
 
-__all__ = ["Family", "FAMILIES", "GROUPS", "DCLS_SUFFIX", "family_for", "supported_model_types", "dense_model_type"]
+__all__ = ["Family", "FAMILIES", "GROUPS", "DCLS_SUFFIX", "SPECTROGRAM_TYPE", "family_for", "supported_model_types",
+           "dense_model_type"]
 
 DCLS_SUFFIX = "_dcls"
+SPECTROGRAM_TYPE = "spectrogram_dcls"
+"""``model_type`` of :class:`~.spectrogram_model.SpectrogramDclsForAudioClassification` (defined here: no
+transformers import)."""
 GROUPS = ("positional", "depthwise", "feature_encoder", "conv_stem")
 
 _POS = ("*encoder.pos_conv_embed.conv",)

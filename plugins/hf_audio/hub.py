@@ -29,12 +29,11 @@ from typing import Any
 
 import torch.nn as nn
 
-from .families import dense_model_type, family_for
+from .families import SPECTROGRAM_TYPE, dense_model_type, family_for
 from .patch import is_transformers_model
 
 __all__ = ["owns_model", "describe_audio_model", "build_audio_model", "save_audio_config"]
 
-SPECTROGRAM_TYPE = "spectrogram_dcls"  # as in .spectrogram_model (which imports transformers)
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _DROPPED_KEYS = ("_name_or_path", "auto_map")  # a local path; remote-code pointers are never followed
 _TASK_TAGS = (("ForAudioClassification", "audio-classification"),

@@ -30,7 +30,7 @@ from torch.nn.utils import parametrize
 from dclszoo.config import DclsConfig
 from dclszoo.modules import DclsConv1d, DclsConv2d, DclsConvNd
 from dclszoo.modules.from_dense import _placement
-from dclszoo.patching import conv_to_dcls, is_transformers_model, replace_modules, resolve_span
+from dclszoo.patching import conv_to_dcls, is_plain_conv, is_transformers_model, replace_modules, resolve_span
 from dclszoo.report import PatchReport
 
 from .causal import CausalDclsConv1d
@@ -79,11 +79,8 @@ def model_family(model: nn.Module) -> Family:
 
 
 def _is_plain_conv(module: nn.Module) -> bool:
-    for base in _DENSE:
-        if isinstance(module, base) and not module.transposed:
-            cls = type(module)
-            return cls.forward is base.forward and cls._conv_forward is base._conv_forward
-    return False
+    """A plain 1-D or 2-D convolution (:func:`dclszoo.patching.is_plain_conv`; this plugin converts no 3-D one)."""
+    return isinstance(module, tuple(_DENSE)) and is_plain_conv(module)
 
 
 def conv_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -258,14 +255,7 @@ def convert_conv(conv: nn.Module, config: DclsConfig, fqn: str = "", causal: boo
         raise TypeError(f"{fqn or 'conv'}: {exc}") from exc
     if dense.weight.is_meta:
         return geometry_twin(dense, config, fqn, causal)
-    if not causal:
-        return conv_to_dcls(dense, config, fqn)
-    span = resolve_span(tuple(dense.kernel_size), config.span, fqn)
-    try:
-        return CausalDclsConv1d.from_dense(dense, config.kernel_count, span, config.interpolation, config.sigma,
-                                           config.learn_sigma)
-    except (ValueError, TypeError) as exc:
-        raise type(exc)(f"{fqn or 'conv'}: {exc}") from exc
+    return conv_to_dcls(dense, config, fqn, cls=CausalDclsConv1d if causal else None)
 
 
 def patch_with_spec(model: nn.Module, spec: AudioPatchSpec, filter_fn: FilterFn | None = None) -> PatchReport:

@@ -14,11 +14,11 @@ sizes differ in parity) to give the taps room to move.
 from __future__ import annotations
 
 from dclszoo.config import DclsConfig
+from dclszoo.training import POSITION_LR_SCALE  # DCLS-Audio: positions at 5x the base learning rate, as DCLS
 
 __all__ = ["DCLS_AUDIO", "PRESETS", "get_preset", "list_presets", "POSITION_LR_SCALE"]
 
 DCLS_AUDIO = DclsConfig(kernel_count=26, span=23, interpolation="gauss", share_positions=True)
-POSITION_LR_SCALE = 5.0  # DCLS-Audio: positions at 5x the base learning rate, no weight decay
 
 PRESETS: dict[str, dict] = {"dcls_audio": DCLS_AUDIO.to_dict()}
 

@@ -28,6 +28,7 @@ from dclszoo.config import DclsConfig
 from dclszoo.modules import DclsConvNd
 from dclszoo.patching import is_target_conv, replace_modules
 
+from .families import SPECTROGRAM_TYPE
 from .mel import MelSpectrogram
 from .models import init_dcls_parameters, load_checked, not_loaded
 from .patch import geometry_twin
@@ -41,8 +42,7 @@ except ImportError:  # pragma: no cover
 __all__ = ["SpectrogramDclsConfig", "SpectrogramDclsForAudioClassification", "register_spectrogram",
            "build_backbone"]
 
-MODEL_TYPE = "spectrogram_dcls"
-SHARED_ATTR = "dclszoo_shared_positions"  # [(owner name, [follower names])] inside the backbone
+MODEL_TYPE = SPECTROGRAM_TYPE
 
 
 class SpectrogramDclsConfig(PreTrainedConfig):
@@ -110,31 +110,29 @@ def build_backbone(name: str, num_classes: int, kwargs: dict, config: DclsConfig
         raise ValueError(f"backbone={name!r} has no convolution matching {config!r}; pick a depthwise-conv backbone.")
     groups = sharing_groups(chosen) if config.share_positions else [[pair] for pair in chosen]
     new: dict[str, tuple[nn.Module, DclsConvNd]] = {}
-    shared = []
     for group in groups:
         twins = [geometry_twin(conv, config, fqn, cls=conv_kind(conv)) for fqn, conv in group]
         for (fqn, conv), twin in zip(group, twins):
             new[fqn] = (conv, twin)
             if twin is not twins[0]:
                 tie_positions(twins[0], twin, group[0][0])
-        if len(group) > 1:
-            shared.append((group[0][0], [fqn for fqn, _ in group[1:]]))
 
     def make(module: nn.Module, fqn: str) -> nn.Module | None:
         entry = new.get(fqn)
         return entry[1] if entry is not None and entry[0] is module else None
 
     replace_modules(backbone, make, plugin="hf_audio")
-    backbone.__dict__[SHARED_ATTR] = shared
     return backbone
 
 
 def retie_positions(backbone: nn.Module) -> None:
     """Point followers at their owner's positions again (after a loader replaced the owner's Parameter)."""
-    for owner_name, followers in backbone.__dict__.get(SHARED_ATTR, []):
-        owner = backbone.get_submodule(owner_name)
-        for name in followers:
-            backbone.get_submodule(name).positions = owner.positions
+    from dclszoo.plugins.timm_dcls.sharing import FOLLOWER_ATTR
+
+    for module in backbone.modules():
+        owner = getattr(module, FOLLOWER_ATTR, None)  # the owner's name inside the backbone (tie_positions)
+        if owner is not None:
+            module.positions = backbone.get_submodule(owner).positions
 
 
 class SpectrogramDclsForAudioClassification(PreTrainedModel):
