@@ -98,7 +98,10 @@ def test_sigma_schedule_drives_the_delay_learning_rate():
         opt.step()
         s.step()
         seen.append(lrs())
-    expected = [[0.3 * s.sigma_at(k, start) if k < 8 else 0.3 * 0.25 for start in (4.0, 10.0)] for k in range(10)]
+    def sigma(k, start):  # the documented schedule: exponential over 0.4 x 10 = 4 steps, then the floor
+        return start * (0.25 / start) ** (k / 4) if k < 4 else 0.25
+
+    expected = [[0.3 * sigma(k, start) if k < 8 else 0.3 * 0.25 for start in (4.0, 10.0)] for k in range(10)]
     assert seen == [pytest.approx(e) for e in expected]
     assert opt.param_groups[0]["lr"] == 1e-2  # the weights' lr is left alone
     # the optimizer's own checkpoint replaces its group dicts: the schedule still finds them
@@ -107,7 +110,7 @@ def test_sigma_schedule_drives_the_delay_learning_rate():
     s2 = SigmaSchedule(net, total_steps=10, optimizer=opt2)
     opt2.load_state_dict(state)
     s2.load_state_dict({**s_state, "step_count": 2})
-    assert [g["lr"] for g in opt2.param_groups[-2:]] == pytest.approx([0.3 * s.sigma_at(2, st) for st in (4.0, 10.0)])
+    assert [g["lr"] for g in opt2.param_groups[-2:]] == pytest.approx([0.3 * sigma(2, st) for st in (4.0, 10.0)])
 
 
 def test_sigma_schedule_rejects_groups_whose_lr_cannot_follow_sigma():
