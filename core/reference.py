@@ -76,17 +76,19 @@ def dcls_kernel_reference(
 # --------------------------------------------------------------------------------------------------------------
 
 
-def check_delay_args(x: torch.Tensor, coeff: torch.Tensor, offsets: torch.Tensor, values: bool = True) -> None:
+def check_delay_args(x: torch.Tensor, coeff: torch.Tensor, offsets: torch.Tensor, values: bool = True,
+                     band: int = 1) -> None:
     """Validate the arguments of ``sparse_delay`` / ``sparse_delay_reference``; raise a clear error if bad.
 
-    ``values=False`` skips the one check that reads the data (offsets >= 0), which costs a device
-    synchronisation on GPUs.
+    ``values=False`` skips the checks that read the data (offsets >= 0, and banded offsets consecutive), which
+    cost a device synchronisation on GPUs.
 
     Raises:
         TypeError: If an argument is not a tensor, ``x``/``coeff`` are not floating point or differ in dtype,
             or ``offsets`` is not an integer tensor.
         ValueError: If the shapes do not match ``x [T, B, I]``, ``coeff [O, I, J]``, ``offsets [O, I, J]``,
-            the tensors are on different devices, or an offset is negative.
+            the tensors are on different devices, or an offset is negative, or ``band`` does not divide ``J``
+            or (values checked) a run of ``band`` taps is not ``band`` consecutive offsets.
     """
     for name, t in (("x", x), ("coeff", coeff), ("offsets", offsets)):
         if not isinstance(t, torch.Tensor):
@@ -134,6 +136,19 @@ def check_delay_args(x: torch.Tensor, coeff: torch.Tensor, offsets: torch.Tensor
         raise ValueError(
             f"sparse_delay: offsets must be >= 0 (causal delays), got a minimum of {int(offsets.min())}."
         )
+    if not isinstance(band, int) or isinstance(band, bool) or band < 1 or coeff.shape[2] % band:
+        raise ValueError(
+            f"sparse_delay: band={band!r}: expected an int >= 1 dividing the {coeff.shape[2]} taps per synapse "
+            "(the taps come in runs of `band` consecutive offsets); pass band=1 for independent taps."
+        )
+    if values and band > 1 and offsets.numel():
+        runs = offsets.reshape(*offsets.shape[:2], -1, band)
+        step = torch.arange(band, device=offsets.device, dtype=offsets.dtype)
+        if not bool(torch.equal(runs - runs[..., :1], step.expand_as(runs))):
+            raise ValueError(
+                f"sparse_delay: band={band} but some run of {band} taps is not {band} consecutive offsets "
+                "(offsets[..., g * band + j] must equal offsets[..., g * band] + j); pass band=1 for independent taps."
+            )
 
 
 def _offset_buckets(offsets: torch.Tensor, steps: int):

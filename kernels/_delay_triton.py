@@ -273,37 +273,56 @@ def _on(t: torch.Tensor):
 
 
 # ----------------------------------------------------------------------------------------------- custom ops
-@torch.library.custom_op("dclszoo::delay_forward_triton", mutates_args=())
-def _forward_op(x: torch.Tensor, coeff: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+def _forward(x: torch.Tensor, coeff: torch.Tensor, offsets: torch.Tensor, band: int) -> torch.Tensor:
+    if band > 1:
+        from ._delay_band_triton import band_forward
+
+        return band_forward(x, coeff, offsets, band)
     return delay_forward(x, coeff, offsets)
 
 
+def _backward(grad_y, x, coeff, offsets, band, need_x, need_coeff):
+    if band > 1:
+        from ._delay_band_triton import band_backward
+
+        return band_backward(grad_y, x, coeff, offsets, band, need_x, need_coeff)
+    return delay_backward(grad_y, x, coeff, offsets, need_x, need_coeff)
+
+
+@torch.library.custom_op("dclszoo::delay_forward_triton", mutates_args=())
+def _forward_op(x: torch.Tensor, coeff: torch.Tensor, offsets: torch.Tensor, band: int) -> torch.Tensor:
+    return _forward(x, coeff, offsets, band)
+
+
 @_forward_op.register_fake
-def _forward_fake(x, coeff, offsets):
+def _forward_fake(x, coeff, offsets, band):
     return x.new_empty((x.shape[0], x.shape[1], coeff.shape[0]))
 
 
 @torch.library.custom_op("dclszoo::delay_backward_triton", mutates_args=())
-def _backward_op(grad_y: torch.Tensor, x: torch.Tensor, coeff: torch.Tensor, offsets: torch.Tensor,
+def _backward_op(grad_y: torch.Tensor, x: torch.Tensor, coeff: torch.Tensor, offsets: torch.Tensor, band: int,
                  need_x: bool, need_coeff: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    gx, gc = delay_backward(grad_y, x, coeff, offsets, need_x, need_coeff)
+    gx, gc = _backward(grad_y, x, coeff, offsets, band, need_x, need_coeff)
     return (x.new_empty(0) if gx is None else gx), (coeff.new_empty(0) if gc is None else gc)
 
 
 @_backward_op.register_fake
-def _backward_fake(grad_y, x, coeff, offsets, need_x, need_coeff):
+def _backward_fake(grad_y, x, coeff, offsets, band, need_x, need_coeff):
     return x.new_empty(x.shape if need_x else (0,)), coeff.new_empty(coeff.shape if need_coeff else (0,))
 
 
 class SparseDelayTriton(torch.autograd.Function):
-    """``sparse_delay`` on the Triton kernels; differentiable w.r.t. ``x`` and ``coeff``."""
+    """``sparse_delay`` on the Triton kernels; differentiable w.r.t. ``x`` and ``coeff``. ``band > 1``: the
+    taps come in runs of ``band`` consecutive offsets (checked by the caller) and take the banded kernels of
+    :mod:`._delay_band_triton`."""
 
     @staticmethod
-    def forward(ctx, x, coeff, offsets):
+    def forward(ctx, x, coeff, offsets, band=1):
         ctx.save_for_backward(x, coeff, offsets)  # x's rows are rebuilt in backward: no copy kept alive
+        ctx.band = band
         if _plain(x, coeff, offsets):
-            return delay_forward(x, coeff, offsets)
-        return _forward_op(x, coeff, offsets)
+            return _forward(x, coeff, offsets, band)
+        return _forward_op(x, coeff, offsets, band)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -311,9 +330,9 @@ class SparseDelayTriton(torch.autograd.Function):
         x, coeff, offsets = ctx.saved_tensors
         need_x, need_c = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
         if not (need_x or need_c):
-            return None, None, None
+            return None, None, None, None
         if _plain(grad_y, x, coeff, offsets):
-            gx, gc = delay_backward(grad_y, x, coeff, offsets, need_x, need_c)
+            gx, gc = _backward(grad_y, x, coeff, offsets, ctx.band, need_x, need_c)
         else:
-            gx, gc = _backward_op(grad_y, x, coeff, offsets, need_x, need_c)
-        return (gx if need_x else None), (gc if need_c else None), None
+            gx, gc = _backward_op(grad_y, x, coeff, offsets, ctx.band, need_x, need_c)
+        return (gx if need_x else None), (gc if need_c else None), None, None

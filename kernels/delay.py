@@ -125,7 +125,7 @@ class _SparseDelayNumba(torch.autograd.Function):
 
 def sparse_delay(
     x: torch.Tensor, coeff: torch.Tensor, offsets: torch.Tensor, *, backend: str | None = None,
-    check_values: bool = True,
+    check_values: bool = True, band: int = 1,
 ) -> torch.Tensor:
     """Delayed sparse synapses: ``y[t, b, o] = sum_{i, j} coeff[o, i, j] * x[t - offsets[o, i, j], b, i]``.
 
@@ -136,8 +136,12 @@ def sparse_delay(
         x: Input, time-major ``[T, B, I]``.
         coeff: Tap weights ``[O, I, J]``, same dtype as ``x``.
         offsets: Integer delays in time steps ``[O, I, J]``, ``>= 0`` (not differentiable).
-        check_values: Check that no offset is negative. On a GPU that reads the offsets back (one
-            synchronisation per call); the delay modules pass False, their offsets being valid by construction.
+        check_values: Check that no offset is negative (and the runs of ``band`` below). On a GPU that reads the
+            offsets back (one synchronisation per call); the delay modules pass False, their offsets being valid
+            by construction.
+        band: The taps of a synapse come in runs of ``band`` consecutive offsets, ``offsets[..., g * band + j] ==
+            offsets[..., g * band] + j`` (a Gaussian delay's window). The Triton backend then loads each input
+            step once for the whole run (the banded kernels); the result is the same as with ``band=1``.
         backend: ``"triton"``, ``"numba"``, ``"torch"`` or None/``"auto"`` (default: ``$DCLSZOO_BACKEND``,
             else triton for CUDA tensors, numba for float32 CPU tensors when installed, else torch).
 
@@ -145,15 +149,16 @@ def sparse_delay(
         ``y [T, B, O]``, differentiable w.r.t. ``x`` and ``coeff``.
 
     Raises:
-        ValueError, TypeError: On mismatched shapes, dtypes or devices, negative or non-integer offsets.
+        ValueError, TypeError: On mismatched shapes, dtypes or devices, negative or non-integer offsets, a
+            ``band`` that does not divide ``J`` or (checked values) runs that are not consecutive.
         ValueError: If the requested backend cannot take these tensors (e.g. ``"triton"`` on CPU tensors
             without ``TRITON_INTERPRET=1``); the message says why.
         ImportError: If ``backend="numba"`` or ``"triton"`` is requested and not installed.
     """
-    check_delay_args(x, coeff, offsets, values=check_values)
+    check_delay_args(x, coeff, offsets, values=check_values, band=band)
     chosen = _select_backend(x, backend)
     if chosen == "torch":
         return sparse_delay_reference(x, coeff, offsets, check_values=False)  # checked above
     if chosen == "triton":
-        return _triton_kernels().SparseDelayTriton.apply(x, coeff, offsets)
+        return _triton_kernels().SparseDelayTriton.apply(x, coeff, offsets, band)
     return _SparseDelayNumba.apply(x, coeff, offsets)

@@ -218,18 +218,24 @@ class DelayedSynapse(nn.Module):
         return kern if weight is not None else kern.view(o, i, k, self.max_delay)
 
     def sparse_taps(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(profile [O, I, kc, J], offsets [O, I, kc, J] int64)``: delay taps of the sparse path."""
+        """``(profile [O, I, kc, J], offsets [O, I, kc, J] int64)``: delay taps of the sparse path.
+
+        The ``J = min(taps_per_delay(), max_delay)`` offsets of a tap are consecutive, ``start + j``: the window
+        ``floor(d) - J/2 + 1 ..`` around the delay ``d``, shifted (not cut) to stay inside ``[0, max_delay - 1]``
+        near the ends, where it then holds more of the in-range Gaussian than a cut window; the profile is the
+        Gaussian on the window, normalised over it. Consecutive runs let the kernels load each input step once
+        per run (``sparse_delay(..., band=J)``).
+        """
         d = self.effective_delays()
         if self.integer_mode:
             return torch.ones_like(d).unsqueeze(-1), d.long().unsqueeze(-1)
-        half = self.taps_per_delay() // 2
-        steps = torch.arange(1 - half, half + 1, device=d.device, dtype=d.dtype)
-        offs = torch.floor(d.detach()).unsqueeze(-1) + steps
-        inside = (offs >= 0) & (offs <= self.max_delay - 1)
+        taps = min(self.taps_per_delay(), self.max_delay)
+        start = (torch.floor(d.detach()) + 1 - taps // 2).clamp(0, self.max_delay - taps)
+        offs = start.unsqueeze(-1) + torch.arange(taps, device=d.device, dtype=d.dtype)
         u = (offs - d.unsqueeze(-1)) / self.sigma.to(d.dtype)
-        g = torch.exp(-0.5 * u * u) * inside
+        g = torch.exp(-0.5 * u * u)
         g = g / (g.sum(-1, keepdim=True) + GAUSS_EPS)
-        return g, offs.clamp(0, self.max_delay - 1).long()
+        return g, offs.long()
 
     # ----------------------------------------------------------------- misc
     def _delay_repr(self) -> str:

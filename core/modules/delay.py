@@ -125,9 +125,9 @@ class DelayedLinear(DelayedSynapse):
         """Gather of the few delay taps per synapse (:func:`dclszoo.kernels.delay.sparse_delay`)."""
         from ..kernels.delay import sparse_delay
 
-        prof, offs = self.sparse_taps()  # [O, I, kc, J]
+        prof, offs = self.sparse_taps()  # [O, I, kc, J], runs of J consecutive offsets >= 0
         coeff = (self.weight.unsqueeze(-1) * prof).flatten(2).to(x.dtype)
-        return sparse_delay(x.contiguous(), coeff, offs.flatten(2), check_values=False)  # offsets clamped >= 0
+        return sparse_delay(x.contiguous(), coeff, offs.flatten(2), check_values=False, band=offs.shape[-1])
 
     def _single_step(self, x: torch.Tensor) -> torch.Tensor:
         """Streaming step: ``[*B, I] -> [*B, O]`` from a history of the last ``max_delay`` inputs."""

@@ -160,6 +160,81 @@ def test_strictly_causal(triton_device):
         assert not torch.equal(y[t0:], y2[t0:])
 
 
+# ----------------------------------------------------------------------------------------------- banded taps
+def _banded(steps, batch, n_in, n_out, groups, band, max_start, seed, device, dtype=torch.float32):
+    """A case whose ``groups`` runs of ``band`` taps per synapse are consecutive offsets from a start in
+    ``[0, max_start]``; the start of synapse (0, 0) is pinned to 0 and of (1, 0) to ``steps - 1``."""
+    g = torch.Generator().manual_seed(seed)
+    start = torch.randint(0, max_start + 1, (n_out, n_in, groups, 1), generator=g)
+    start[0, 0], start[min(1, n_out - 1), 0] = 0, steps - 1
+    off = (start + torch.arange(band)).reshape(n_out, n_in, groups * band)
+    return _case(steps, batch, n_in, n_out, groups * band, off, seed, device, dtype)
+
+
+def _banded_triton(band):
+    return lambda *a: sparse_delay(*a, backend="triton", band=band)
+
+
+BANDED = [
+    # steps, batch, n_in, n_out, groups, band, max_start (interpreter tiles: R = 3 steps, 4 lanes, 4 columns)
+    (7, 3, 5, 9, 1, 4, 7),  # odd sizes, windows running past T
+    (11, 2, 13, 17, 1, 6, 8),  # six taps (sigma 0.5), several tiles of steps and columns
+    (10, 9, 4, 6, 2, 3, 12),  # two runs per synapse (kernel_count 2), 3 lane tiles, starts far beyond T
+    (1, 4, 3, 2, 1, 2, 2),  # a single time step
+    (6, 1, 3, 5, 1, 2, 3),  # batch 1
+]
+
+
+@pytest.mark.parametrize("steps,batch,n_in,n_out,groups,band,max_start", BANDED)
+def test_banded_matches_float64_twin(triton_device, steps, batch, n_in, n_out, groups, band, max_start):
+    """The banded kernels (one load per input step for a run of taps) against the float64 twin, which takes
+    the same offsets as independent taps."""
+    x, coeff, off, grad_y = _banded(steps, batch, n_in, n_out, groups, band, max_start, steps + band, triton_device)
+    got = _run(_banded_triton(band), x, coeff, off, grad_y)
+    _assert_close(got, _reference64(x, coeff, off, grad_y), "banded triton vs float64 twin", 1e-5, 1e-6)
+
+
+def test_banded_shares_and_splits_are_the_same_sum(triton_device):
+    """Splitting the input groups into shares (partial sums added after the kernel) and the steps of the
+    coefficient gradient into chunks (atomic partial sums) give the one-program result."""
+    from dclszoo.kernels import _delay_band_triton as kb
+
+    x, coeff, off, grad_y = _banded(10, 5, 13, 6, 2, 3, 9, 1, triton_device)
+    want = _reference64(x, coeff, off, grad_y)
+    for k in (2, 3, 100):
+        y = kb.band_forward(x, coeff, off, 3, shares=k)
+        gx, _ = kb.band_backward(grad_y, x, coeff, off, 3, need_coeff=False, shares=k)
+        _, gc = kb.band_backward(grad_y, x, coeff, off, 3, need_x=False, split=k)
+        _assert_close((y, gx, gc), want, f"shares/split {k}", 1e-5, 1e-6)
+
+
+def test_banded_strictly_causal_and_bfloat16(triton_device):
+    x, coeff, off, grad_y = _banded(10, 3, 4, 3, 1, 6, 5, 6, triton_device)
+    y = _banded_triton(6)(x, coeff, off)
+    for t0 in (0, 4, 9):
+        x2 = x.clone()
+        x2[t0] += 10 * torch.randn_like(x2[t0])
+        y2 = _banded_triton(6)(x2, coeff, off)
+        assert torch.equal(y[:t0], y2[:t0]), f"perturbing t={t0} changed an earlier output"
+        assert not torch.equal(y[t0:], y2[t0:])
+    xb, cb, gb = x.bfloat16(), coeff.bfloat16(), grad_y.bfloat16()
+    got = _run(_banded_triton(6), xb, cb, off, gb)
+    assert all(t.dtype == torch.bfloat16 for t in got)
+    _assert_close(got, _reference64(xb, cb, off, gb), "banded bf16 vs float32-exact", 2**-7, 1e-3)
+
+
+def test_band_argument_is_checked(triton_device):
+    x, coeff, off, _ = _case(5, 2, 3, 4, 4, ("random", 5), 2, triton_device)
+    with pytest.raises(ValueError, match="band=3: expected an int >= 1 dividing the 4 taps"):
+        sparse_delay(x, coeff, off, band=3)
+    with pytest.raises(ValueError, match="not 2 consecutive offsets"):
+        sparse_delay(x, coeff, off.clone().fill_(1), band=2)
+    # the same offsets as independent taps are fine, and consecutive runs pass the check
+    run = (torch.arange(2) + torch.tensor([0, 3]).view(2, 1)).flatten().expand(4, 3, 4).contiguous().to(off.device)
+    sparse_delay(x, coeff, run, band=2)
+    sparse_delay(x, coeff, off.clone().fill_(1), band=1)
+
+
 # ----------------------------------------------------------------------------------------------- module
 @pytest.mark.parametrize("sigma", [0.0, 0.5, 12.0])
 @pytest.mark.parametrize("batch_first", [False, True])
@@ -240,10 +315,11 @@ def test_custom_ops_for_torch_compile(triton_device):
     autograd Function (``sparse_delay`` itself breaks the graph: its argument check reads ``offsets.min()``)."""
     from dclszoo.kernels import _delay_triton
 
-    x, coeff, off, grad_y = _case(5, 2, 3, 4, 2, ("random", 5), 8, triton_device)
-    torch.library.opcheck(_delay_triton._forward_op, (x, coeff, off))
-    torch.library.opcheck(_delay_triton._backward_op, (grad_y, x, coeff, off, True, True))
-    torch._dynamo.reset()
-    compiled = torch.compile(_delay_triton.SparseDelayTriton.apply, backend="aot_eager", fullgraph=True)
-    got = _run(compiled, x, coeff, off, grad_y)
-    _assert_close(got, _reference64(x, coeff, off, grad_y), "compiled", 1e-5, 1e-6)
+    for offsets, band in ((("random", 5), 1), (("consecutive", 5), 2)):
+        x, coeff, off, grad_y = _case(5, 2, 3, 4, 2, offsets, 8, triton_device)
+        torch.library.opcheck(_delay_triton._forward_op, (x, coeff, off, band))
+        torch.library.opcheck(_delay_triton._backward_op, (grad_y, x, coeff, off, band, True, True))
+        torch._dynamo.reset()
+        compiled = torch.compile(_delay_triton.SparseDelayTriton.apply, backend="aot_eager", fullgraph=True)
+        got = _run(lambda *a: compiled(*a, band), x, coeff, off, grad_y)
+        _assert_close(got, _reference64(x, coeff, off, grad_y), f"compiled, band {band}", 1e-5, 1e-6)
