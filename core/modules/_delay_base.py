@@ -220,20 +220,22 @@ class DelayedSynapse(nn.Module):
     def sparse_taps(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(profile [O, I, kc, J], offsets [O, I, kc, J] int64)``: delay taps of the sparse path.
 
-        The ``J = min(taps_per_delay(), max_delay)`` offsets of a tap are consecutive, ``start + j``: the window
-        ``floor(d) - J/2 + 1 ..`` around the delay ``d``, shifted (not cut) to stay inside ``[0, max_delay - 1]``
-        near the ends, where it then holds more of the in-range Gaussian than a cut window; the profile is the
-        Gaussian on the window, normalised over it. Consecutive runs let the kernels load each input step once
-        per run (``sparse_delay(..., band=J)``).
+        A tap's Gaussian lives on the window ``floor(d) - J/2 + 1 .. floor(d) + J/2`` around its delay ``d``, cut
+        to ``[0, max_delay - 1]`` and normalised over what is left. The ``J = min(taps_per_delay(), max_delay)``
+        offsets returned are consecutive, ``start + j``, the window shifted inside ``[0, max_delay - 1]`` near
+        the ends; the offsets the shift adds (outside the window) get weight 0. Consecutive runs let the kernels
+        load each input step once per run (``sparse_delay(..., band=J)``).
         """
         d = self.effective_delays()
         if self.integer_mode:
             return torch.ones_like(d).unsqueeze(-1), d.long().unsqueeze(-1)
         taps = min(self.taps_per_delay(), self.max_delay)
-        start = (torch.floor(d.detach()) + 1 - taps // 2).clamp(0, self.max_delay - taps)
-        offs = start.unsqueeze(-1) + torch.arange(taps, device=d.device, dtype=d.dtype)
+        low = (torch.floor(d.detach()) + 1 - self.taps_per_delay() // 2).unsqueeze(-1)  # the window's first delay
+        start = low.clamp(0, self.max_delay - taps)
+        offs = start + torch.arange(taps, device=d.device, dtype=d.dtype)
+        window = (offs >= low) & (offs < low + self.taps_per_delay())
         u = (offs - d.unsqueeze(-1)) / self.sigma.to(d.dtype)
-        g = torch.exp(-0.5 * u * u)
+        g = torch.exp(-0.5 * u * u) * window
         g = g / (g.sum(-1, keepdim=True) + GAUSS_EPS)
         return g, offs.long()
 
