@@ -1,4 +1,5 @@
-"""Expected H200 times of the Triton depthwise DCLS layers, from their FLOP and byte counts (no GPU needed).
+"""Expected H200 times of the Triton depthwise DCLS layers and delay synapses, from their FLOP, instruction and
+byte counts (no GPU needed).
 
     python bench/gpu_estimate.py
 
@@ -13,6 +14,16 @@ Model per layer (batch 64, bf16):
 - HBM bytes: input read and output written by each kernel (3 kernels, 2 tensors each), at 4.8 TB/s; the kernel
   gradient's re-reads of ``x`` and ``dy`` tiles from L2 (once per kernel row) at 8 TB/s;
 - time = FLOP time + byte times (no overlap assumed: conservative).
+
+Model of the delay synapse (700 -> 256, batch 32, fp32, forward + backward = 3 kernels: forward, input gradient,
+coefficient gradient), :func:`delay_ms`:
+- every tap is one FMA: ``T * B * I * O * J`` per kernel (``J`` taps; the tiles' rounding of ``T`` added);
+- issue: instructions per FMA read from the sm_90 SASS of the kernels' loops (``INSTR_PER_FMA``), at 4 warp
+  instructions per clock per SM, 132 SMs, 1.98 GHz;
+- L2 -> SM bytes: what a program loads that no other load of the same program has loaded in the same step of
+  its loop (windows of the ``BN`` columns of a row overlap when the delays are close: :func:`_union`), nothing
+  assumed from L1 beyond that; at ``L2_DELAY`` bytes/s;
+- the expected range: from max(issue, L2 at the high rate) to issue + L2 at the low rate (no overlap).
 """
 
 from __future__ import annotations
@@ -54,6 +65,74 @@ def layer_ms(channels: int, size: int, span: int, batch: int = 64, efficiency: f
     return fwd, 2 * fwd + (flop_k / rate + bytes_ / HBM + l2_k / L2) * 1e3, flop / 1e9
 
 
+CLOCK, SMS, LANES_PER_CLOCK = 1.98e9, 132, 128  # lane instructions issued per clock per SM (4 warps)
+L2_DELAY = (8e12, 5.5e12)  # L2 -> SM bytes/s: the rate above, and a pessimistic one
+# instructions per FMA in the kernels' main loops, fp32, batch 32 (`python bench/kernel_sass.py [--taps J]`: sm_90
+# SASS of the Triton 3.8 builds), keyed by (J, R): forward / input gradient ("taps") and coefficient gradient
+# ("coeff") at the best columns per program; "gather": the kernels before the runs of taps (one load per tap,
+# removed), 3.3-3.6 per gathered element in their better configurations under Triton 3.8 (9.7-48 for their
+# forward under Triton 3.6, the GPU machine's version).
+INSTR_PER_FMA = {"taps": {(6, 32): 1.39, (6, 16): 1.51, (1, 32): 3.02, (1, 16): 3.67},
+                 "coeff": {(6, 32): 1.30, (6, 16): 1.36, (1, 32): 2.67, (1, 16): 2.84}, "gather": 3.4}
+DELAY_CASES = ((25, 100), (100, 100), (250, 100), (250, 300))
+DELAY_ANCHORS = {(25, 100): (0.65, 2.27), (100, 100): (0.66, 8.30), (250, 300): (0.59, 36.0)}  # Linear, dcls (ms)
+
+
+def _union(n: int, width: int, spread: int) -> float:
+    """Expected steps covered by ``n`` windows of ``width`` steps whose starts are uniform over ``spread``."""
+    span = spread + width - 1
+    return span * (1 - (1 - width / span) ** n)
+
+
+def delay_ms(max_delay: int, steps: int, taps: int, before: bool = False, n_in: int = 700, n_out: int = 256,
+             batch: int = 32) -> dict:
+    """Expected forward + backward of one ``DelayedLinear`` sparse phase on an H200 (see the module docstring):
+    one run of ``taps`` consecutive delays per synapse on the kernels of ``dclszoo.kernels._delay_triton``, or
+    (``before``) on the earlier gather kernels that loaded every tap separately."""
+    step_bytes = batch * 4  # one time step of one channel, fp32
+    rate = LANES_PER_CLOCK * SMS * CLOCK
+    if before:  # tiles of R * L = 256 row positions (8 steps of 32) x BN = 16 columns, one load per tap
+        fma = steps * batch * n_in * n_out * taps
+        issue = 3 * fma * INSTR_PER_FMA["gather"] / rate
+        w, bn = 256 // batch + taps - 1, 16  # the J taps of a column, one after the other, cover w steps
+        fwd = -(-steps // (256 // batch)) * -(-n_out // bn) * n_in * _union(bn, w, max_delay) * step_bytes
+        gx = -(-steps // (256 // batch)) * -(-n_in // bn) * n_out * _union(bn, w, max_delay) * step_bytes
+        # coefficient gradient: chunks of 2 steps per column (R = 2, L = 32), the J taps of a row side by side
+        gc = fma * 4 * (2 + taps - 1) / (2 * taps)
+    else:
+        r = 32 if steps % 32 == 0 or steps >= 256 else 16  # the autotuner's likely pick: less rounding waste
+        rows = -(-steps // r) * r
+        fma = rows * batch * n_in * n_out * taps
+        issue = (2 * INSTR_PER_FMA["taps"][taps, r] + INSTR_PER_FMA["coeff"][taps, r]) * fma / rate
+        w, bn = r + taps - 1, 16
+        fwd = rows // r * -(-n_out // bn) * n_in * _union(bn, w, max_delay) * step_bytes
+        gx = rows // r * -(-n_in // bn) * n_out * _union(bn, w, max_delay) * step_bytes
+        gc = rows // r * n_out * -(-n_in // bn) * (bn * w + r) * step_bytes  # a row per column, grad_y shared
+    l2 = fwd + gx + gc
+    hbm = 4 * (3 * steps * batch * (2 * n_in + n_out)) + 4 * 6 * n_out * n_in * taps  # padded copies, outputs, tables
+    low = max(issue, l2 / L2_DELAY[0]) + hbm / HBM
+    high = issue + l2 / L2_DELAY[1] + hbm / HBM
+    return {"fma": 3 * fma, "issue_ms": issue * 1e3, "l2_gb": l2 / 1e9, "gc_gb": gc / 1e9,
+            "low_ms": low * 1e3, "high_ms": high * 1e3}
+
+
+def delay_table() -> None:
+    print("\nDelay synapse 700 -> 256, batch 32, fp32, forward + backward (3 kernels), expected on an H200; "
+          "Linear and `dcls` measured before (CONTEXT.md §8):\n")
+    print("| max_delay, T | phase, kernels | GFMA | issue ms | L2 GB (coefficient gradient) | expected ms | "
+          "nn.Linear | 3x Linear | `dcls` |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    phases = (("integer (J = 1)", 1, False), ("sigma 0.5 (J = 6)", 6, False), ("integer, before", 1, True),
+              ("sigma 0.5, before", 6, True))
+    for span, steps in DELAY_CASES:
+        lin, dcls = DELAY_ANCHORS.get((span, steps), (None, None))
+        for name, taps, before in phases:
+            e = delay_ms(span, steps, taps, before)
+            anchor = f"{lin} ms | {3 * lin:.2f} ms | {dcls} ms" if lin else "- | - | -"
+            print(f"| {span}, {steps} | {name} | {e['fma'] / 1e9:.1f} | {e['issue_ms']:.2f} | {e['l2_gb']:.1f} "
+                  f"({e['gc_gb']:.1f}) | {e['low_ms']:.2f}-{e['high_ms']:.2f} | {anchor} |")
+
+
 def main() -> None:
     print(f"Assumed: {EFFICIENCY:.0%} of {PEAK_BF16 / 1e12:.0f} TFLOP/s bf16, {HBM / 1e12:.1f} TB/s; batch 64.\n")
     print("| preset | stage | fwd GFLOP | expected fwd ms | expected fwd+bwd ms | cuDNN 7x7 fwd NCHW / CL (measured) | "
@@ -81,3 +160,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    delay_table()

@@ -4,8 +4,9 @@ Each synapse ``(o, i)`` has ``J`` taps, each an integer delay (``offsets``) and 
 Gaussian or bilinear delay of a few taps, or an integer delay (``J = 1``), is a sparse kernel whose cost is
 that of a Linear layer times ``J``, whatever ``max_delay`` is. Three backends compute it:
 
-- ``"triton"``: GPU kernels (:mod:`dclszoo.kernels._delay_triton`), any floating dtype (accumulated in
-  float32, float64 for float64); chosen automatically for CUDA tensors when triton is installed
+- ``"triton"``: GPU kernels (:mod:`dclszoo.kernels._delay_triton`: each input step loaded once per run of
+  consecutive taps, see ``band``), any floating dtype (accumulated in float32, float64 for float64); chosen
+  automatically for CUDA tensors when triton is installed
   (``pip install dclszoo[triton]``). CPU tensors only on explicit request and with ``TRITON_INTERPRET=1``
   (Triton's interpreter: slow, for tests).
 - ``"numba"``: tiled CPU kernels (:mod:`dclszoo.kernels._delay_numba`), float32 CPU tensors only; chosen
@@ -141,7 +142,7 @@ def sparse_delay(
             by construction.
         band: The taps of a synapse come in runs of ``band`` consecutive offsets, ``offsets[..., g * band + j] ==
             offsets[..., g * band] + j`` (a Gaussian delay's window). The Triton backend then loads each input
-            step once for the whole run (the banded kernels); the result is the same as with ``band=1``.
+            step once for the whole run instead of once per tap; the result is the same as with ``band=1``.
         backend: ``"triton"``, ``"numba"``, ``"torch"`` or None/``"auto"`` (default: ``$DCLSZOO_BACKEND``,
             else triton for CUDA tensors, numba for float32 CPU tensors when installed, else torch).
 

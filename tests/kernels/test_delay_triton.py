@@ -58,7 +58,7 @@ def _assert_close(got, want, what, rtol, atol_scale):
         err = (a - b).abs()
         tol = rtol * b.abs() + atol_scale * max(b.abs().max().item(), 1e-30)
         if not bool((err <= tol).all()):
-            idx = tuple(int(v) for v in (err - tol).flatten().argmax().unravel_index(err.shape))
+            idx = tuple(int(v) for v in torch.unravel_index((err - tol).flatten().argmax(), err.shape))
             pytest.fail(f"{what} {name}: max abs err {err.max().item():.3g} at {idx}: got {a[idx]}, want {b[idx]}")
 
 
@@ -197,14 +197,14 @@ def test_banded_matches_float64_twin(triton_device, steps, batch, n_in, n_out, g
 def test_banded_shares_and_splits_are_the_same_sum(triton_device):
     """Splitting the input groups into shares (partial sums added after the kernel) and the steps of the
     coefficient gradient into chunks (atomic partial sums) give the one-program result."""
-    from dclszoo.kernels import _delay_band_triton as kb
+    from dclszoo.kernels import _delay_triton as kt
 
     x, coeff, off, grad_y = _banded(10, 5, 13, 6, 2, 3, 9, 1, triton_device)
     want = _reference64(x, coeff, off, grad_y)
     for k in (2, 3, 100):
-        y = kb.band_forward(x, coeff, off, 3, shares=k)
-        gx, _ = kb.band_backward(grad_y, x, coeff, off, 3, need_coeff=False, shares=k)
-        _, gc = kb.band_backward(grad_y, x, coeff, off, 3, need_x=False, split=k)
+        y = kt.delay_forward(x, coeff, off, 3, shares=k)
+        gx, _ = kt.delay_backward(grad_y, x, coeff, off, 3, need_coeff=False, shares=k)
+        _, gc = kt.delay_backward(grad_y, x, coeff, off, 3, need_x=False, split=k)
         _assert_close((y, gx, gc), want, f"shares/split {k}", 1e-5, 1e-6)
 
 
