@@ -11,11 +11,13 @@
   distinct delays in use (at most ``max_delay``), not with the kernel length.
 
 On a GPU both paths are cuDNN convolutions (the dense path's time kernel built by the Triton construction): the
-work is a spatial convolution, which cuDNN does well, and the delays only decide which time steps it reads. The
-sparse path's work is that of one convolution per time step whatever ``max_delay`` is, split over one launch per
-distinct delay: small layers with many distinct delays are launch-bound there (~10 us a launch), and a Triton
-kernel fusing the time gather into an implicit-GEMM spatial convolution would be the next step if measured
-worthwhile. :class:`DelayedLinear`, the SNN-delays synapse, has its own Triton kernel (``dclszoo.kernels.delay``).
+work is a spatial convolution, which cuDNN does well on tensor cores, and the delays decide which time steps it
+reads. The sparse path runs one full spatial convolution (zero weights for the synapses at other delays) per
+distinct delay in use, so its work is (distinct delays) x one convolution over the sequence: at most
+``max_delay`` of them, fewer once delays cluster or the layer is small (``out x in x taps`` synapses), and small
+layers with many distinct delays are launch-bound (~10 us a launch). A Triton kernel fusing the time gather into an
+implicit-GEMM spatial convolution (work of one convolution per tap, whatever the delays) would be the next step if
+measured worthwhile; it was not built because no GPU was at hand to measure it against cuDNN. :class:`DelayedLinear`, the SNN-delays synapse, has its own Triton kernel (``dclszoo.kernels.delay``).
 """
 
 from __future__ import annotations
