@@ -12,6 +12,7 @@ each variant.
     python bench/timing_task.py --set unseen          # variants the recipe was not tuned on
     python bench/timing_task.py --rows default --seeds 1 --variants learned   # quick look
     python bench/timing_task.py --device cuda         # the same on a GPU
+    python bench/timing_task.py --device cuda --path auto   # ... with the sparse delay kernels in the narrow phase
 
 Deterministic on CPU: every run is seeded and runs in its own process with one thread, so ``--jobs`` changes the
 wall time, not the numbers. Bitwise only on the same backend (``DCLSZOO_BACKEND``: the C, numba and torch kernels
@@ -64,17 +65,18 @@ def describe(row: dict) -> str:
 
 
 class Net(nn.Module):
-    def __init__(self, task, hidden: int, variant: str) -> None:
+    def __init__(self, task, hidden: int, variant: str, path: str = "dense") -> None:
         from spikingjelly.activation_based import neuron, surrogate
 
         from dclszoo import DelayedLinear
 
         super().__init__()
         max_delay = 1 if variant == "none" else task.max_delay_needed
-        # the layers are tiny: the dense conv over max_delay is the fastest path on CPU
+        # the layers are tiny: the dense conv over max_delay is the fastest path on CPU (the default); 'auto'
+        # takes the sparse delay kernels once sigma is narrow and in the hard phase
         learned = variant in ("learned", "snn")
         self.syn = DelayedLinear(task.channels, hidden, max_delay, sigma=None if learned else 0.0,
-                                 path="dense")
+                                 path=path)
         if variant == "random":
             with torch.no_grad():
                 self.syn.delays.copy_(torch.randint(0, max_delay, self.syn.delays.shape).float())
@@ -117,7 +119,7 @@ def run(row: dict, variant: str, seed: int, args) -> tuple[float, float]:
     xtr, ytr = (t.to(args.device) for t in task.sample(args.train, seed=1000 + seed))
     xte, yte = (t.to(args.device) for t in task.sample(args.test, seed=2000 + seed))
     torch.manual_seed(seed)
-    net = Net(task, r["hidden"], variant).to(args.device)
+    net = Net(task, r["hidden"], variant, args.path).to(args.device)
     if variant == "learned":
         opt = torch.optim.Adam(delay_param_groups(net, lr=args.lr))
         sched = SigmaSchedule(net, args.epochs, optimizer=opt)
@@ -155,6 +157,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate of the weights")
     p.add_argument("--device", default="cpu", help="cpu or cuda (the networks and data are moved there)")
+    p.add_argument("--path", default="dense", choices=("dense", "auto", "sparse"),
+                   help="the delay layer's path (DelayedLinear(path=...)); the docs' tables: dense")
     p.add_argument("--jobs", type=int, default=None,
                    help="runs in parallel, one process each (default: min(2, CPUs) on cpu, 1 on cuda)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (1: fastest for these tiny nets)")
@@ -169,7 +173,7 @@ def main() -> None:
         p.error(f"--variants {variants}: expected names among {list(VARIANTS)}")
     jobs = args.jobs or (min(2, os.cpu_count() or 1) if args.device == "cpu" else 1)
     print(f"# {args.set}: {len(names)} rows x {args.seeds} seeds x {len(variants)} variants, {args.epochs} epochs, "
-          f"{jobs} jobs x {args.threads} thread(s), device {args.device}, "
+          f"{jobs} jobs x {args.threads} thread(s), device {args.device}, delay path {args.path}, "
           f"DCLSZOO_BACKEND={os.environ.get('DCLSZOO_BACKEND', 'auto')}, torch {torch.__version__}", flush=True)
     todo = [(n, v, s) for n in names for v in variants for s in range(args.seeds)]
     results: dict[tuple[str, str, int], tuple[float, float]] = {}
