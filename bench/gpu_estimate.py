@@ -15,9 +15,9 @@ Model per layer (batch 64, bf16):
   gradient's re-reads of ``x`` and ``dy`` tiles from L2 (once per kernel row) at 8 TB/s;
 - time = FLOP time + byte times (no overlap assumed: conservative).
 
-Model of the delay synapse (700 -> 256, batch 32, fp32, forward + backward = 3 kernels: forward, input gradient,
-coefficient gradient), :func:`delay_ms`:
-- every tap is one FMA: ``T * B * I * O * J`` per kernel (``J`` taps; the tiles' rounding of ``T`` added);
+Model of the delay synapse (700 -> 256, batch 32, fp32, forward + backward), :func:`delay_ms`:
+- every tap is one FMA: ``T * B * I * O * J`` per pass (``J`` taps; the tiles' rounding of ``T`` added), one pass
+  forward, two backward (input and coefficient gradients, in one kernel);
 - issue: instructions per FMA read from the sm_90 SASS of the kernels' loops (``INSTR_PER_FMA``), at 4 warp
   instructions per clock per SM, 132 SMs, 1.98 GHz;
 - L2 -> SM bytes: what a program loads that no other load of the same program has loaded in the same step of
@@ -67,13 +67,13 @@ def layer_ms(channels: int, size: int, span: int, batch: int = 64, efficiency: f
 
 CLOCK, SMS, LANES_PER_CLOCK = 1.98e9, 132, 128  # lane instructions issued per clock per SM (4 warps)
 L2_DELAY = (8e12, 5.5e12)  # L2 -> SM bytes/s: the rate above, and a pessimistic one
-# instructions per FMA in the kernels' main loops, fp32, batch 32 (`python bench/kernel_sass.py [--taps J]`: sm_90
-# SASS of the Triton 3.8 builds), keyed by (J, R): forward / input gradient ("taps") and coefficient gradient
-# ("coeff") at the best columns per program; "gather": the kernels before the runs of taps (one load per tap,
-# removed), 3.3-3.6 per gathered element in their better configurations under Triton 3.8 (9.7-48 for their
-# forward under Triton 3.6, the GPU machine's version).
-INSTR_PER_FMA = {"taps": {(6, 32): 1.39, (6, 16): 1.51, (1, 32): 3.02, (1, 16): 3.67},
-                 "coeff": {(6, 32): 1.30, (6, 16): 1.36, (1, 32): 2.67, (1, 16): 2.84}, "gather": 3.4}
+# instructions per FMA in the kernel's main loop, fp32, batch 32 (`python bench/kernel_sass.py [--taps J]`: sm_90
+# SASS of the Triton 3.8 builds), keyed by (J, R), at the best columns per program: the forward, and the backward
+# per FMA of its two gradients; "gather": the kernels before the runs of taps (one load per tap, a separate
+# coefficient-gradient kernel; removed), 3.3-3.6 per gathered element in their better configurations under Triton
+# 3.8 (9.7-48 for their forward under Triton 3.6, the GPU machine's version).
+INSTR_PER_FMA = {"fwd": {(6, 32): 1.39, (6, 16): 1.51, (1, 32): 3.02, (1, 16): 3.67},
+                 "bwd": {(6, 32): 1.48, (6, 16): 1.75, (1, 32): 2.35, (1, 16): 2.94}, "gather": 3.4}
 DELAY_CASES = ((25, 100), (100, 100), (250, 100), (250, 300))
 DELAY_ANCHORS = {(25, 100): (0.65, 2.27), (100, 100): (0.66, 8.30), (250, 300): (0.59, 36.0)}  # Linear, dcls (ms)
 
@@ -103,11 +103,13 @@ def delay_ms(max_delay: int, steps: int, taps: int, before: bool = False, n_in: 
         r = 32 if steps % 32 == 0 or steps >= 256 else 16  # the autotuner's likely pick: less rounding waste
         rows = -(-steps // r) * r
         fma = rows * batch * n_in * n_out * taps
-        issue = (2 * INSTR_PER_FMA["taps"][taps, r] + INSTR_PER_FMA["coeff"][taps, r]) * fma / rate
+        issue = (INSTR_PER_FMA["fwd"][taps, r] + 2 * INSTR_PER_FMA["bwd"][taps, r]) * fma / rate
         w, bn = r + taps - 1, 16
         fwd = rows // r * -(-n_out // bn) * n_in * _union(bn, w, max_delay) * step_bytes
         gx = rows // r * -(-n_in // bn) * n_out * _union(bn, w, max_delay) * step_bytes
-        gc = rows // r * n_out * -(-n_in // bn) * (bn * w + r) * step_bytes  # a row per column, grad_y shared
+        # the coefficient gradient rides on the backward's windows: x read once per program, and an atomic
+        # read-modify-write of 4 bytes per (program's steps, synapse, tap)
+        gc = steps * batch * n_in * 4 + rows // r * n_out * n_in * taps * 8
     l2 = fwd + gx + gc
     hbm = 4 * (3 * steps * batch * (2 * n_in + n_out)) + 4 * 6 * n_out * n_in * taps  # padded copies, outputs, tables
     low = max(issue, l2 / L2_DELAY[0]) + hbm / HBM
@@ -117,7 +119,7 @@ def delay_ms(max_delay: int, steps: int, taps: int, before: bool = False, n_in: 
 
 
 def delay_table() -> None:
-    print("\nDelay synapse 700 -> 256, batch 32, fp32, forward + backward (3 kernels), expected on an H200; "
+    print("\nDelay synapse 700 -> 256, batch 32, fp32, forward + backward, expected on an H200; "
           "Linear and `dcls` measured before (CONTEXT.md §8):\n")
     print("| max_delay, T | phase, kernels | GFMA | issue ms | L2 GB (coefficient gradient) | expected ms | "
           "nn.Linear | 3x Linear | `dcls` |")

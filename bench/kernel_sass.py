@@ -67,16 +67,16 @@ def main() -> None:
     args = p.parse_args()
     dt = args.dtype
     ints = dict.fromkeys(("T", "N", "Q", "G", "ROW", "PAD", "S"), "i32")
-    fwd_sig = {"src_ptr": f"*{dt}", "c_ptr": f"*{dt}", "s_ptr": "*i32", "dst_ptr": f"*{dt}", **ints}
-    gc_sig = {"x_ptr": f"*{dt}", "gy_ptr": f"*{dt}", "s_ptr": "*i32", "gc_ptr": "*fp32",
-              **dict.fromkeys(("T", "Q", "G", "ROW", "PAD", "N_BT"), "i32")}
-    print(f"sm_90, {dt}, batch 32, J = {args.taps}: the main loop of each kernel\n")
+    sig = {"src_ptr": f"*{dt}", "c_ptr": f"*{dt}", "s_ptr": "*i32", "dst_ptr": f"*{dt}", "x_ptr": f"*{dt}",
+           "gc_ptr": "*fp32", **ints}
+    print(f"sm_90, {dt}, batch 32, J = {args.taps}: the main loop of each kernel (FMAs: of both gradients in the "
+          "backward)\n")
     print("| kernel | R | columns | warps | registers | instructions | FFMA | LDG | instructions per FMA |")
     print("|---|---|---|---|---|---|---|---|---|")
-    cases = [("forward", kern._tap_kernel, fwd_sig, {"SIGN": -1}, "BN", cfg) for cfg in kern._FWD_CONFIGS]
-    cases += [("input gradient", kern._tap_kernel, fwd_sig, {"SIGN": 1}, "BN", cfg) for cfg in kern._FWD_CONFIGS]
-    cases += [("coefficient gradient", kern._coeff_grad_kernel, gc_sig, {}, "BC", cfg)
-              for cfg in kern._BWD_C_CONFIGS]
+    passes = (("forward", {"SIGN": -1, "OUT": True, "GC": False}),
+              ("backward: input + coefficient gradients", {"SIGN": 1, "OUT": True, "GC": True}),
+              ("backward: coefficient gradient alone", {"SIGN": 1, "OUT": False, "GC": True}))
+    cases = [(name, kern._tap_kernel, sig, extra, "BN", cfg) for name, extra in passes for cfg in kern._CONFIGS]
     for name, kernel, sig, extra, cols, cfg in cases:
         const = {"B": 32, "J": args.taps, "ACC": tl.float32, "L": 32, **extra, **cfg.kwargs}
         signature = {**sig, **dict.fromkeys(const, "constexpr")}

@@ -13,34 +13,35 @@ Layout. A channel is a row of ``T * B`` values (time-major, ``m = t * B + b``), 
 ``PAD + T * B`` values with ``PAD = (T + J - 1 + R_max) * B`` zeros before (``x``: reads go back in time) or
 after (``grad_y``: reads go forward) the values, so that a read up to ``T + J - 1`` steps out of range, or a
 chunk of steps running past ``T``, lands in zeros without a mask or compare (run starts are clamped to ``T``).
-``y`` and ``grad_x`` are written straight into their ``[T, B, C]`` layout. Nothing is sized by ``max(offsets)``: the extra memory is the padded copies (about twice
-each tensor) and ``O * I * J`` tables. A tile is ``R`` time steps x ``L`` batch lanes (a warp's loads of a row
-are one contiguous run) x ``BN`` columns, held as a tuple of ``R`` ``[BN, L]`` accumulators; the batch size is a
-compile-time constant (one build per batch size), so that the window's loads are one base address plus
-constant offsets.
+``y`` and ``grad_x`` are written straight into their ``[T, B, C]`` layout. Nothing is sized by ``max(offsets)``:
+the extra memory is the padded copies (about twice each tensor) and ``O * I * J`` tables. A tile is ``R`` time
+steps x ``L`` batch lanes (a warp's loads of a row are one contiguous run) x ``BN`` columns, held as a tuple of
+``R`` ``[BN, L]`` accumulators; the batch size is a compile-time constant (one build per batch size), so that the
+window's loads are one base address plus constant offsets.
 
-Programs (accumulation in float32, float64 for float64 inputs):
+One kernel, two passes (accumulation in float32, float64 for float64 inputs):
 
-- forward, one per (``R`` steps, ``L`` lanes, ``BN`` outputs[, share]): for each of the ``Q = I * G`` runs load
-  the ``BN`` starts and ``J x BN`` coefficients (the next run's start in flight), the window ``x_i[t0 - s - J +
-  1 + w]``, ``w < R + J - 1``, per column, and ``acc[r] += sum_j c_j * window[r + J - 1 - j]``.
-- input gradient: the same kernel with in/out swapped and time reversed, ``gx[t, i] += sum_{o, g, j}
-  c[o, i, g, j] * gy_o[t + s + j]``: window ``gy_o[t0 + s + w]``, ``acc[r] += c_j * window[r + j]``.
+- forward, one program per (``R`` steps, ``L`` lanes, ``BN`` outputs[, share]): for each of the ``Q = I * G``
+  runs load the ``BN`` starts and ``J x BN`` coefficients (the next run's start in flight), the window
+  ``x_i[t0 - s - J + 1 + w]``, ``w < R + J - 1``, per column, and ``acc[r] += sum_j c_j * window[r + J - 1 - j]``.
+- backward, the same with in/out swapped and time reversed: per run ``(o, g)`` and input column ``i`` the window
+  ``gy_o[t0 + s + w]`` gives the input gradient, ``acc[r] += c_j * window[r + j]`` (``gx[t, i] = sum_{o, g, j}
+  c[o, i, g, j] * gy_o[t + s + j]``), and the coefficient gradient from the same window, ``gc[o, i, g, j] =
+  sum_t x_i[t] * gy_o[t + s + j]``: this program's ``R`` steps of ``x_i``, loaded once, times the window,
+  summed over steps and lanes and added atomically (other programs cover the other steps and lanes). The
+  coefficient gradient thus costs multiply-adds but no second read of the windows.
 - When the tiles alone would not fill the GPU, the runs are split into shares whose float32 partial outputs
-  are added after the kernel (deterministic).
-- coefficient gradient, one per (output ``o``, ``BC`` runs, share of the steps x lane tile): ``J``
-  accumulators ``[BC, L]``; per chunk of ``R`` steps load ``gy_o`` once for the ``BC`` columns and each column's
-  window of ``x``, ``acc[j] += sum_r gy[r] * window[r + J - 1 - j]``; reduced at the end, partial sums added
-  atomically when the steps are split over programs.
+  are added after the kernel (deterministic; the coefficient gradient's atomic sums are not bitwise
+  reproducible on a GPU).
 
-Cost (``python bench/kernel_sass.py``: the loops' sm_90 SASS, fp32, batch 32): per multiply-add 1.39
-instructions (forward, input gradient) and 1.30-1.40 (coefficient gradient) at ``J = 6``, ``R = 32``; 2.7-3.0
-at ``J = 1``; no spills, no shared memory in the loops. Loads per multiply-add ``(R + J - 1) / (R * J)`` plus the
+Cost (``python bench/kernel_sass.py``: the loops' sm_90 SASS, fp32, batch 32): per multiply-add 1.39-1.53
+instructions forward and 1.48-1.62 backward (both gradients) at ``J = 6``, ``R = 32``; 3.0-3.5 and 2.4-2.7 at
+``J = 1``; no spills, no shared memory in the loops. Loads per multiply-add ``(R + J - 1) / (R * J)`` plus the
 tables' ``(J + 1) / (R * J)``. What bounds the kernels is the L2 traffic of the windows (every synapse reads its
 own shifted window; windows of one program overlap only when their delays are close): see the model of
-``bench/gpu_estimate.py``. Block sizes are autotuned on the GPU (keys: the sizes and ``J``); Triton's interpreter
-(``TRITON_INTERPRET=1``, CPU tensors) runs one small configuration (3 steps, 4 lanes, 4 columns) so that tests
-cross every tile edge.
+``bench/gpu_estimate.py``. Block sizes are autotuned on the GPU (keys: the sizes, ``J`` and the pass); Triton's
+interpreter (``TRITON_INTERPRET=1``, CPU tensors) runs one small configuration (3 steps, 4 lanes, 4 columns) so
+that tests cross every tile edge.
 
 The kernel calls are also ``torch.library`` custom ops with fake implementations, so ``torch.compile`` treats
 them as opaque; eager calls on plain tensors skip the dispatcher.
@@ -72,15 +73,12 @@ def _configs(gpu: list[tuple[dict, int]], interpreted: dict) -> list[triton.Conf
 # (R steps, BN / BC columns) per program and warps; L (batch lanes) follows the batch size (lanes_for). From
 # the SASS of sm_90 builds (bench/kernel_sass.py): no spills, no shared memory in the loops, registers 48-168;
 # R = 16 trades a little issue for less waste when T is not a multiple of 32.
-_FWD_CONFIGS = _configs(
-    [({"R": 32, "BN": 8}, 4), ({"R": 32, "BN": 16}, 8), ({"R": 16, "BN": 8}, 4), ({"R": 16, "BN": 16}, 4)],
+_CONFIGS = _configs(
+    [({"R": 32, "BN": 8}, 4), ({"R": 32, "BN": 16}, 8), ({"R": 16, "BN": 8}, 4), ({"R": 16, "BN": 16}, 4),
+     ({"R": 32, "BN": 4}, 4), ({"R": 32, "BN": 16}, 16)],  # the last two: a column per thread (fewer registers)
     {"R": 3, "BN": 4},
 )
-_BWD_C_CONFIGS = _configs(
-    [({"R": 32, "BC": 8}, 4), ({"R": 32, "BC": 16}, 4), ({"R": 16, "BC": 16}, 4), ({"R": 32, "BC": 16}, 8)],
-    {"R": 3, "BC": 4},
-)
-_MAX_R = max(c.kwargs["R"] for c in _FWD_CONFIGS + _BWD_C_CONFIGS)
+_MAX_R = max(c.kwargs["R"] for c in _CONFIGS)
 _MAX_LANES = 4 if _INTERPRETED else 32  # small lanes under the interpreter: tests cross batch tiles
 _MAX_SHARES = 8  # most shares of the reduction over input groups (float32 partial sums of the output)
 
@@ -91,15 +89,19 @@ def lanes_for(batch: int) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- kernels
-@triton.autotune(configs=_FWD_CONFIGS, key=["T", "B", "N", "Q", "J", "SIGN"])
+@triton.autotune(configs=_CONFIGS, key=["T", "B", "N", "Q", "J", "SIGN", "OUT", "GC"], reset_to_zero=["gc_ptr"])
 @triton.jit
-def _tap_kernel(src_ptr, c_ptr, s_ptr, dst_ptr, T, N, Q, G, ROW, PAD, S, B: tl.constexpr, J: tl.constexpr,
-                SIGN: tl.constexpr, ACC: tl.constexpr, L: tl.constexpr, R: tl.constexpr, BN: tl.constexpr):
-    """``dst[k, t, b, n] = sum_{q, j} c[q, j, n] * src[q // G][(t + SIGN * (s[q, n] + j)) * B + b]`` over the
-    ``k``-th of ``S`` shares of the ``Q`` groups (``S = 1``: the whole sum, dst ``[T, B, N]``).
+def _tap_kernel(src_ptr, c_ptr, s_ptr, dst_ptr, x_ptr, gc_ptr, T, N, Q, G, ROW, PAD, S, B: tl.constexpr,
+                J: tl.constexpr, SIGN: tl.constexpr, OUT: tl.constexpr, GC: tl.constexpr, ACC: tl.constexpr,
+                L: tl.constexpr, R: tl.constexpr, BN: tl.constexpr):
+    """``dst[k, t, b, n] = sum_{q, j} c[q, n, j] * src[q // G][(t + SIGN * (s[q, n] + j)) * B + b]`` over the
+    ``k``-th of ``S`` shares of the ``Q`` runs (``S = 1``: the whole sum, dst ``[T, B, N]``), if ``OUT``; and,
+    if ``GC`` (``SIGN = +1`` only), ``gc[q, n, j] += sum_{t, b} x[t, b, n] * src[q // G][(t + s[q, n] + j) * B + b]``
+    over this program's steps and lanes (atomically: programs of other steps and lanes add to the same entries).
 
     src: padded rows of ``ROW`` values (``SIGN = -1``: ``PAD`` zeros then the row; ``+1``: the row then zeros),
-    c ``[Q + 1, N, J]``, s ``[Q + 1, N]`` int32 clamped to ``T`` (row ``Q`` is look-ahead padding).
+    c ``[Q + 1, N, J]``, s ``[Q + 1, N]`` int32 clamped to ``T`` (row ``Q`` is look-ahead padding); x ``[T, B, N]``
+    contiguous, gc ``[Q, N, J]`` float32/64.
     """
     t0 = tl.program_id(0) * R
     b = tl.program_id(1) * L + tl.arange(0, L)
@@ -111,13 +113,16 @@ def _tap_kernel(src_ptr, c_ptr, s_ptr, dst_ptr, T, N, Q, G, ROW, PAD, S, B: tl.c
     n_c = tl.minimum(n, N - 1)  # absent columns repeat the last one (not stored): loads need no mask
     lanes = b[None, :]
     acc = (tl.zeros((BN, L), dtype=ACC),) * R
+    xs = ()
+    if GC:  # this program's steps of x, loaded once for every run (zeros past T and B)
+        for r in tl.static_range(R):
+            t = t0 + r
+            x_at = x_ptr + (tl.cast(t, tl.int64) * B + lanes) * N + n_c[:, None]
+            xs = xs + (tl.load(x_at, mask=(lanes < B) & (t < T), other=0.0).to(ACC),)
     s_next = tl.load(s_ptr + q_lo * N + n_c)
     for q in range(q_lo, q_hi):
         shift = s_next
-        s_next = tl.load(s_ptr + (q + 1) * N + n_c)  # the next group's, in flight during this one
-        cs = ()
-        for j in tl.static_range(J):
-            cs = cs + (tl.load(c_ptr + (q * N + n_c) * J + j).to(ACC)[:, None],)
+        s_next = tl.load(s_ptr + (q + 1) * N + n_c)  # the next run's, in flight during this one
         row = src_ptr + tl.cast(q // G, tl.int64) * ROW
         if SIGN < 0:
             start = PAD + (t0 - shift - (J - 1)) * B  # >= 0: shift <= T, PAD >= (T + J - 1) * B
@@ -127,74 +132,33 @@ def _tap_kernel(src_ptr, c_ptr, s_ptr, dst_ptr, T, N, Q, G, ROW, PAD, S, B: tl.c
         win = ()
         for w in tl.static_range(R + J - 1):
             win = win + (tl.load(ptrs + w * B).to(ACC),)
-        new = ()
-        for r in tl.static_range(R):
-            a = acc[r]
+        if OUT:
+            cs = ()
             for j in tl.static_range(J):
-                if SIGN < 0:
-                    a = a + win[r + J - 1 - j] * cs[j]
-                else:
-                    a = a + win[r + j] * cs[j]
-            new = new + (a,)
-        acc = new
-    ok = (lanes < B) & (n[:, None] < N)
-    out = dst_ptr + share.to(tl.int64) * T * B * N + lanes.to(tl.int64) * N + n[:, None]
-    for r in tl.static_range(R):
-        t = t0 + r
-        tl.store(out + tl.cast(t, tl.int64) * B * N, acc[r].to(dst_ptr.dtype.element_ty), mask=ok & (t < T))
-
-
-@triton.autotune(configs=_BWD_C_CONFIGS, key=["T", "B", "Q", "J"], reset_to_zero=["gc_ptr"])
-@triton.jit
-def _coeff_grad_kernel(x_ptr, gy_ptr, s_ptr, gc_ptr, T, Q, G, ROW, PAD, N_BT, B: tl.constexpr,
-                        J: tl.constexpr, ACC: tl.constexpr, L: tl.constexpr, R: tl.constexpr, BC: tl.constexpr):
-    """``gc[o, q, j] = sum_{t, b} gy[o][t * B + b] * x[q // G][(t - s[o, q] - j) * B + b]`` over this program's
-    steps and batch tile; x in left-padded rows, gy in right-padded rows (both of ``ROW`` values), s ``[O, Q]``
-    int32 clamped to ``T``, gc ``[O, Q, J]`` float32/64."""
-    o = tl.program_id(0).to(tl.int64)
-    col = tl.program_id(1) * BC + tl.arange(0, BC)
-    tile = tl.program_id(2)
-    n_split = tl.num_programs(2) // N_BT
-    split = tile // N_BT
-    b = (tile % N_BT) * L + tl.arange(0, L)
-    b_ok = b < B
-    c_ok = col < Q
-    shift = tl.load(s_ptr + o * Q + col, mask=c_ok, other=0)
-    row = tl.where(c_ok, col // G, 0).to(tl.int64)
-    x_base = x_ptr + row * ROW + PAD  # time 0 of each column's row
-    per = tl.cdiv(tl.cdiv(T, R), n_split) * R
-    begin = split * per
-    stop = tl.minimum(begin + per, T)
-    # chunks of R steps from `begin` (a multiple of R, as `per`): a chunk ends at `stop` or runs past T into
-    # grad_y's zero padding (PAD >= R steps), so only the lanes are masked. Chunks before the smallest shift
-    # read zeros of x.
-    lo = tl.min(tl.where(c_ok, shift, T), axis=0)
-    first = begin + tl.maximum(lo - begin, 0) // R * R
-    gy_row = gy_ptr + o * ROW
-    acc = (tl.zeros((BC, L), dtype=ACC),) * J
-    for t0 in range(first, stop, R):
-        g = ()
-        for r in tl.static_range(R):
-            g = g + (tl.load(gy_row + (t0 + r) * B + b, mask=b_ok, other=0.0).to(ACC)[None, :],)
-        # steps t0 + r >= T read x past its row (the next row or the tail), times g = 0
-        ptrs = x_base[:, None] + ((t0 - shift - (J - 1)) * B)[:, None] + b[None, :]
-        win = ()
-        for w in tl.static_range(R + J - 1):
-            win = win + (tl.load(ptrs + w * B).to(ACC),)
-        new = ()
-        for j in tl.static_range(J):
-            a = acc[j]
+                cs = cs + (tl.load(c_ptr + (q * N + n_c) * J + j).to(ACC)[:, None],)
+            new = ()
             for r in tl.static_range(R):
-                a = a + win[r + J - 1 - j] * g[r]
-            new = new + (a,)
-        acc = new
-    out = gc_ptr + (o * Q + col) * J
-    for j in tl.static_range(J):
-        total = tl.sum(acc[j], axis=1)
-        if tl.num_programs(2) > 1:
-            tl.atomic_add(out + j, total, mask=c_ok)
-        else:
-            tl.store(out + j, total, mask=c_ok)
+                a = acc[r]
+                for j in tl.static_range(J):
+                    if SIGN < 0:
+                        a = a + win[r + J - 1 - j] * cs[j]
+                    else:
+                        a = a + win[r + j] * cs[j]
+                new = new + (a,)
+            acc = new
+        if GC:
+            gc_at = gc_ptr + (tl.cast(q, tl.int64) * N + n) * J
+            for j in tl.static_range(J):
+                p = xs[0] * win[j]
+                for r in tl.static_range(1, R):
+                    p = p + xs[r] * win[r + j]
+                tl.atomic_add(gc_at + j, tl.sum(p, axis=1), mask=n < N)
+    if OUT:
+        ok = (lanes < B) & (n[:, None] < N)
+        out = dst_ptr + share.to(tl.int64) * T * B * N + lanes.to(tl.int64) * N + n[:, None]
+        for r in tl.static_range(R):
+            t = t0 + r
+            tl.store(out + tl.cast(t, tl.int64) * B * N, acc[r].to(dst_ptr.dtype.element_ty), mask=ok & (t < T))
 
 
 # ----------------------------------------------------------------------------------------------- launchers
@@ -251,26 +215,34 @@ def _tables(coeff: torch.Tensor, offsets: torch.Tensor, steps: int) -> tuple[tor
     return c, s
 
 
-def _taps(src: torch.Tensor, row: int, pad: int, c: torch.Tensor, s: torch.Tensor, like: torch.Tensor,
-            n: int, q: int, groups: int, band: int, sign: int, shares: int | None) -> torch.Tensor:
-    """Run ``_tap_kernel``: ``[T, B, n]`` in ``like``'s dtype. The ``q`` runs are split into shares (float32
-    partial sums, added after the kernel: deterministic) when the tiles alone would not fill the GPU."""
+def _taps(src: torch.Tensor, row: int, pad: int, c: torch.Tensor, s: torch.Tensor, like: torch.Tensor, n: int,
+          q: int, groups: int, band: int, sign: int, shares: int | None, out: bool = True,
+          x: torch.Tensor | None = None, gc: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Run ``_tap_kernel``: ``[T, B, n]`` in ``like``'s dtype if ``out`` (else None), and the coefficient
+    gradient added into ``gc [q, n, J]`` from ``x [T, B, n]`` if given. The ``q`` runs are split into shares
+    (float32 partial outputs, added after the kernel: deterministic) when the tiles alone would not fill the GPU."""
     steps, batch, _ = like.shape
     lanes = lanes_for(batch)
     tiles = triton.cdiv(steps, 16) * triton.cdiv(batch, lanes) * triton.cdiv(n, 16)  # at the middle tile size
     if shares is None:
         shares = min(_MAX_SHARES, triton.cdiv(_target_programs(like.device), tiles), max(1, q // 64))
     shares = max(1, min(shares, q))
-    if shares == 1:
+    if not out:
+        dst = like.new_empty(1)
+    elif shares == 1:
         dst = like.new_empty((steps, batch, n))
     else:
         dst = torch.empty((shares, steps, batch, n), device=like.device,
                           dtype=torch.float64 if like.dtype == torch.float64 else torch.float32)
+    grad = gc is not None
+
     def grid(meta):
         return triton.cdiv(steps, meta["R"]), triton.cdiv(batch, lanes), triton.cdiv(n, meta["BN"]) * shares
 
-    _tap_kernel[grid](src, c, s, dst, steps, n, q, groups, row, pad, shares, batch, band, sign,
-                      ACC=_acc_dtype(like.dtype), L=lanes)
+    _tap_kernel[grid](src, c, s, dst, x if grad else dst, gc if grad else dst, steps, n, q, groups, row, pad, shares,
+                      batch, band, sign, out, grad, ACC=_acc_dtype(like.dtype), L=lanes)
+    if not out:
+        return None
     return dst if shares == 1 else dst.sum(0).to(like.dtype)
 
 
@@ -294,12 +266,13 @@ def delay_forward(x: torch.Tensor, coeff: torch.Tensor, offsets: torch.Tensor, b
 
 def delay_backward(
     grad_y: torch.Tensor, x: torch.Tensor, coeff: torch.Tensor, offsets: torch.Tensor, band: int = 1,
-    need_x: bool = True, need_coeff: bool = True, split: int | None = None, shares: int | None = None,
+    need_x: bool = True, need_coeff: bool = True, shares: int | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """``(grad_x [T, B, I] in x's dtype, grad_coeff [O, I, J] in coeff's dtype)``, None where not needed.
 
-    ``shares`` as in :func:`delay_forward` for the input gradient; ``split`` forces the number of step chunks
-    of the coefficient gradient (default: enough programs to fill the GPU; > 1 adds partial sums atomically).
+    One kernel computes both: the input gradient's windows of ``grad_y`` also give the coefficient gradient
+    (``gc[o, i, g, j] = sum_t x_i[t] * gy_o[t + s + j]``), so ``x`` is read once per program and the windows
+    once. ``shares`` as in :func:`delay_forward`.
     """
     steps, batch, n_in = x.shape
     n_out, _, taps = coeff.shape
@@ -307,35 +280,21 @@ def delay_backward(
     _check_width(steps, batch, band)
     if steps * batch == 0 or n_out == 0 or taps == 0 or not (need_x or need_coeff):
         return (x.new_zeros(x.shape) if need_x else None), (coeff.new_zeros(coeff.shape) if need_coeff else None)
-    acc = _acc_dtype(x.dtype)
     pad = (steps + band - 1 + _MAX_R) * batch  # reads up to T + J - 1 steps out, plus a chunk past T
-    lanes = lanes_for(batch)
-    n_bt = triton.cdiv(batch, lanes)
     gyp, row = _padded_rows(grad_y, pad, left=False)
-    gx, gc = None, None
+    shape = (n_out, n_in, groups, band)
+    c, s = _tables(coeff.detach().reshape(shape).transpose(0, 1), offsets.reshape(shape).transpose(0, 1), steps)
+    buf = None
+    if need_coeff:  # [O * G, I, J]: the runs (o, g) of the input gradient by its columns i
+        buf = torch.zeros((n_out * groups, n_in, band), device=x.device,
+                          dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
     with _on(x):
-        if need_x:
-            shape = (n_out, n_in, groups, band)
-            c, s = _tables(coeff.detach().reshape(shape).transpose(0, 1), offsets.reshape(shape).transpose(0, 1), steps)
-            gx = _taps(gyp, row, pad, c, s, x, n_in, n_out * groups, groups, band, 1, shares)
-        if need_coeff:
-            xp, _ = _padded_rows(x.detach(), pad, left=True)
-            q = n_in * groups
-            s = offsets.reshape(n_out, q, band)[..., 0].clamp(max=steps).to(torch.int32).contiguous()
-            buf = torch.zeros((n_out, q, band), device=x.device,
-                              dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
-            target = _target_programs(x.device)
-
-            def grid(meta):
-                tiles = n_out * triton.cdiv(q, meta["BC"]) * n_bt
-                chunks = triton.cdiv(steps, meta["R"])
-                n_split = split if split is not None else triton.cdiv(target, tiles)
-                return (n_out, triton.cdiv(q, meta["BC"]), max(1, min(n_split, chunks)) * n_bt)
-
-            _coeff_grad_kernel[grid](xp, gyp, s, buf, steps, q, groups, row, pad, n_bt, batch, band,
-                                     ACC=acc, L=lanes)
-            gc = buf.view(n_out, n_in, taps)
-            gc = gc if gc.dtype == coeff.dtype else gc.to(coeff.dtype)
+        gx = _taps(gyp, row, pad, c, s, x, n_in, n_out * groups, groups, band, 1, shares, out=need_x,
+                   x=x.detach().contiguous() if need_coeff else None, gc=buf)
+    gc = None
+    if need_coeff:
+        gc = buf.view(n_out, groups, n_in, band).transpose(1, 2).contiguous().view(n_out, n_in, taps)
+        gc = gc if gc.dtype == coeff.dtype else gc.to(coeff.dtype)
     return gx, gc
 
 

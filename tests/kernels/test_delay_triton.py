@@ -102,16 +102,19 @@ def test_offsets_at_the_edges(triton_device):
     assert torch.equal(gc[2:], torch.zeros_like(gc[2:]))
 
 
-def test_split_rows_of_the_coefficient_gradient(triton_device):
-    """Partial sums over row chunks added atomically equal the one-program-per-tap result."""
+def test_gradients_alone_and_together(triton_device):
+    """The backward kernel computes the input and coefficient gradients in one pass; asked for one of them it
+    gives the same values as for both, and nothing for the other."""
     from dclszoo.kernels import _delay_triton
 
-    x, coeff, off, grad_y = _case(9, 2, 5, 3, 3, ("consecutive", 6), 5, triton_device)
-    _, want = _delay_triton.delay_backward(grad_y, x, coeff, off, need_x=False, split=1)
-    for split in (2, 5, 100):
-        gx, gc = _delay_triton.delay_backward(grad_y, x, coeff, off, need_x=False, split=split)
-        assert gx is None
-        torch.testing.assert_close(gc, want, rtol=1e-5, atol=1e-5)
+    x, coeff, off, grad_y = _case(9, 2, 5, 3, 3, ("random", 6), 5, triton_device)
+    want = _reference64(x, coeff, off, grad_y)
+    gx, gc = _delay_triton.delay_backward(grad_y, x, coeff, off, need_x=False)
+    assert gx is None
+    _assert_close((want[0], want[1], gc), want, "coefficient gradient alone", 1e-5, 1e-6)
+    gx, gc = _delay_triton.delay_backward(grad_y, x, coeff, off, need_coeff=False)
+    assert gc is None
+    _assert_close((want[0], gx, want[2]), want, "input gradient alone", 1e-5, 1e-6)
 
 
 def test_bfloat16_accumulates_in_float32(triton_device):
@@ -194,18 +197,19 @@ def test_banded_matches_float64_twin(triton_device, steps, batch, n_in, n_out, g
     _assert_close(got, _reference64(x, coeff, off, grad_y), "banded triton vs float64 twin", 1e-5, 1e-6)
 
 
-def test_banded_shares_and_splits_are_the_same_sum(triton_device):
-    """Splitting the input groups into shares (partial sums added after the kernel) and the steps of the
-    coefficient gradient into chunks (atomic partial sums) give the one-program result."""
+def test_banded_shares_are_the_same_sum(triton_device):
+    """Splitting the runs into shares (float32 partial outputs added after the kernel; the coefficient gradient
+    added atomically) gives the one-program result, with and without the other gradient."""
     from dclszoo.kernels import _delay_triton as kt
 
     x, coeff, off, grad_y = _banded(10, 5, 13, 6, 2, 3, 9, 1, triton_device)
     want = _reference64(x, coeff, off, grad_y)
     for k in (2, 3, 100):
         y = kt.delay_forward(x, coeff, off, 3, shares=k)
-        gx, _ = kt.delay_backward(grad_y, x, coeff, off, 3, need_coeff=False, shares=k)
-        _, gc = kt.delay_backward(grad_y, x, coeff, off, 3, need_x=False, split=k)
-        _assert_close((y, gx, gc), want, f"shares/split {k}", 1e-5, 1e-6)
+        gx, gc = kt.delay_backward(grad_y, x, coeff, off, 3, shares=k)
+        _assert_close((y, gx, gc), want, f"shares {k}", 1e-5, 1e-6)
+        _, gc = kt.delay_backward(grad_y, x, coeff, off, 3, need_x=False, shares=k)
+        _assert_close((y, gx, gc), want, f"shares {k}, coefficient gradient alone", 1e-5, 1e-6)
 
 
 def test_banded_strictly_causal_and_bfloat16(triton_device):
