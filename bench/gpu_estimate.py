@@ -72,8 +72,9 @@ L2_DELAY = (8e12, 5.5e12)  # L2 -> SM bytes/s: the rate above, and a pessimistic
 # per FMA of its two gradients; "gather": the kernels before the runs of taps (one load per tap, a separate
 # coefficient-gradient kernel; removed), 3.3-3.6 per gathered element in their better configurations under Triton
 # 3.8 (9.7-48 for their forward under Triton 3.6, the GPU machine's version).
-INSTR_PER_FMA = {"fwd": {(6, 32): 1.39, (6, 16): 1.51, (1, 32): 3.02, (1, 16): 3.67},
-                 "bwd": {(6, 32): 1.48, (6, 16): 1.75, (1, 32): 2.35, (1, 16): 2.94}, "gather": 3.4}
+INSTR_PER_FMA = {"fwd": {(6, 32): 1.39, (6, 16): 1.51, (4, 32): 1.55, (4, 16): 1.71, (1, 32): 3.02, (1, 16): 3.67},
+                 "bwd": {(6, 32): 1.48, (6, 16): 1.75, (4, 32): 1.56, (4, 16): 1.84, (1, 32): 2.35, (1, 16): 2.94},
+                 "gather": 3.4}
 DELAY_CASES = ((25, 100), (100, 100), (250, 100), (250, 300))
 DELAY_ANCHORS = {(25, 100): (0.65, 2.27), (100, 100): (0.66, 8.30), (250, 300): (0.59, 36.0)}  # Linear, dcls (ms)
 
@@ -124,7 +125,8 @@ def delay_table() -> None:
     print("| max_delay, T | phase, kernels | GFMA | issue ms | L2 GB (coefficient gradient) | expected ms | "
           "nn.Linear | 3x Linear | `dcls` |")
     print("|---|---|---|---|---|---|---|---|---|")
-    phases = (("integer (J = 1)", 1, False), ("sigma 0.5 (J = 6)", 6, False), ("integer, before", 1, True),
+    phases = (("integer (J = 1)", 1, False), ("sigma 0.5 (J = 6)", 6, False),
+              ("sigma 0.25 (J = 4): the floor of dclszoo's recipe", 4, False), ("integer, before", 1, True),
               ("sigma 0.5, before", 6, True))
     for span, steps in DELAY_CASES:
         lin, dcls = DELAY_ANCHORS.get((span, steps), (None, None))
