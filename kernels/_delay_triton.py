@@ -50,13 +50,13 @@ them as opaque; eager calls on plain tensors skip the dispatcher.
 from __future__ import annotations
 
 import contextlib
-import functools
 
 import torch
 import triton
 import triton.language as tl
 
 from .backend import plain_tensors as _plain
+from .backend import target_programs
 from .backend import triton_interpreted
 
 __all__ = ["delay_forward", "delay_backward", "SparseDelayTriton", "lanes_for"]
@@ -166,18 +166,6 @@ def _acc_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-@functools.lru_cache(maxsize=8)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _target_programs(device: torch.device) -> int:
-    """Programs that fill the device (below it work is split into shares); 1 on CPU."""
-    if device.type != "cuda":
-        return 1
-    return 4 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-
-
 def _check_width(steps: int, batch: int, band: int) -> None:
     if (2 * steps + band + 3 * _MAX_R) * batch + _MAX_LANES >= 2**31:
         raise ValueError(
@@ -225,7 +213,7 @@ def _taps(src: torch.Tensor, row: int, pad: int, c: torch.Tensor, s: torch.Tenso
     lanes = lanes_for(batch)
     tiles = triton.cdiv(steps, 16) * triton.cdiv(batch, lanes) * triton.cdiv(n, 16)  # at the middle tile size
     if shares is None:
-        shares = min(_MAX_SHARES, triton.cdiv(_target_programs(like.device), tiles), max(1, q // 64))
+        shares = min(_MAX_SHARES, triton.cdiv(target_programs(like.device), tiles), max(1, q // 64))
     shares = max(1, min(shares, q))
     if not out:
         dst = like.new_empty(1)

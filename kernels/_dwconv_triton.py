@@ -36,6 +36,7 @@ import triton
 import triton.language as tl
 
 from .backend import pow2 as _pow2
+from .backend import target_programs
 from .backend import triton_interpreted
 
 __all__ = ["forward", "grad_kernel", "blocks"]
@@ -181,8 +182,8 @@ def grad_kernel(x: torch.Tensor, grad_y: torch.Tensor, span: tuple[int, int], pa
         b.update(BK=wide, NCH=1)
     col_programs = triton.cdiv(wo, b["BX"]) * b["NCH"]
     programs = c * sy * col_programs
-    # split the rows until there are a few programs per SM of a large GPU (132 SMs on an H100/H200)
-    splits = max(1, min(triton.cdiv(rows, b["BM"]), triton.cdiv(4 * 132, programs)))
+    # split the rows until there are a few programs per SM
+    splits = max(1, min(triton.cdiv(rows, b["BM"]), triton.cdiv(target_programs(x.device), programs)))
     per_split = triton.cdiv(triton.cdiv(rows, splits), b["BM"]) * b["BM"]
     splits = triton.cdiv(rows, per_split)
     part = torch.empty((c * sy, col_programs, splits, sx), device=x.device, dtype=torch.float32)

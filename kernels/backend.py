@@ -168,6 +168,28 @@ def pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
+LARGE_GPU_SMS = 132
+"""SMs of an H100 / H200: what work splits aim at where there is no GPU to ask (Triton's interpreter), so that the
+tests take the same split paths as a large GPU."""
+
+
+@functools.lru_cache(maxsize=8)
+def _sm_count(index: int) -> int:
+    import torch
+
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def target_programs(device) -> int:
+    """Programs that keep every SM of ``device`` busy (4 per SM), below which the Triton launchers split work;
+    for a CPU tensor (Triton's interpreter) those of a :data:`LARGE_GPU_SMS`-SM GPU."""
+    if getattr(device, "type", None) != "cuda":
+        return 4 * LARGE_GPU_SMS
+    import torch
+
+    return 4 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def plain_tensors(*tensors) -> bool:
     """Eager call on ordinary tensors (or None): a custom op's dispatcher can be skipped (not when compiling or
     tracing)."""
