@@ -18,12 +18,13 @@ Model per layer (batch 64, bf16):
 Model of the delay synapse (700 -> 256, batch 32, fp32, forward + backward), :func:`delay_ms`:
 - every tap is one FMA: ``T * B * I * O * J`` per pass (``J`` taps; the tiles' rounding of ``T`` added), one pass
   forward, two backward (input and coefficient gradients, in one kernel);
-- issue: instructions per FMA read from the sm_90 SASS of the kernels' loops (``INSTR_PER_FMA``), at 4 warp
+- issue: instructions per FMA read from the sm_90 SASS of the kernels' loops (``DELAY_CONFIGS``), at 4 warp
   instructions per clock per SM, 132 SMs, 1.98 GHz;
 - L2 -> SM bytes: what a program loads that no other load of the same program has loaded in the same step of
   its loop (windows of the ``BN`` columns of a row overlap when the delays are close: :func:`_union`), nothing
   assumed from L1 beyond that; at ``L2_DELAY`` bytes/s;
-- the expected range: from max(issue, L2 at the high rate) to issue + L2 at the low rate (no overlap).
+- the expected range per configuration: from max(issue, L2 at the high rate) to issue + L2 at the low rate (no
+  overlap); the autotuner's pick lies between the best low end and the best high end over the configurations.
 """
 
 from __future__ import annotations
@@ -67,14 +68,18 @@ def layer_ms(channels: int, size: int, span: int, batch: int = 64, efficiency: f
 
 CLOCK, SMS, LANES_PER_CLOCK = 1.98e9, 132, 128  # lane instructions issued per clock per SM (4 warps)
 L2_DELAY = (8e12, 5.5e12)  # L2 -> SM bytes/s: the rate above, and a pessimistic one
-# instructions per FMA in the kernel's main loop, fp32, batch 32 (`python bench/kernel_sass.py [--taps J]`: sm_90
-# SASS of the Triton 3.8 builds), keyed by (J, R), at the best columns per program: the forward, and the backward
-# per FMA of its two gradients; "gather": the kernels before the runs of taps (one load per tap, a separate
-# coefficient-gradient kernel; removed), 3.3-3.6 per gathered element in their better configurations under Triton
-# 3.8 (9.7-48 for their forward under Triton 3.6, the GPU machine's version).
-INSTR_PER_FMA = {"fwd": {(6, 32): 1.39, (6, 16): 1.51, (4, 32): 1.55, (4, 16): 1.71, (1, 32): 3.02, (1, 16): 3.67},
-                 "bwd": {(6, 32): 1.48, (6, 16): 1.75, (4, 32): 1.56, (4, 16): 1.84, (1, 32): 2.35, (1, 16): 2.94},
-                 "gather": 3.4}
+# The delay kernel's configurations (dclszoo.kernels._delay_triton._CONFIGS: R steps, BN columns) with the
+# instructions per FMA of their main loops, fp32, batch 32 (`python bench/kernel_sass.py --taps J`: sm_90 SASS of
+# the Triton 3.8 builds): the forward, and the backward per FMA of its two gradients.
+DELAY_CONFIGS = {  # J: [(R, BN, forward, backward)]
+    6: [(32, 8, 1.39, 1.48), (32, 4, 1.53, 1.61), (32, 16, 1.46, 1.62), (16, 8, 1.61, 1.88)],
+    4: [(32, 8, 1.61, 1.56), (32, 4, 1.66, 1.72), (32, 16, 1.66, 1.73), (16, 8, 1.85, 2.01)],
+    1: [(32, 8, 3.03, 2.36), (32, 4, 3.50, 2.71), (32, 16, 3.50, 2.71), (16, 8, 4.16, 3.15)],
+}
+# The kernels before the runs of taps (one load per tap, a separate coefficient-gradient kernel; removed): 3.3-3.6
+# instructions per gathered element in their better configurations under Triton 3.8 (9.7-48 for their forward
+# under Triton 3.6, the GPU machine's version).
+GATHER_INSTR = 3.4
 DELAY_CASES = ((25, 100), (100, 100), (250, 100), (250, 300))
 DELAY_ANCHORS = {(25, 100): (0.65, 2.27), (100, 100): (0.66, 8.30), (250, 300): (0.59, 36.0)}  # Linear, dcls (ms)
 
@@ -88,35 +93,40 @@ def _union(n: int, width: int, spread: int) -> float:
 def delay_ms(max_delay: int, steps: int, taps: int, before: bool = False, n_in: int = 700, n_out: int = 256,
              batch: int = 32) -> dict:
     """Expected forward + backward of one ``DelayedLinear`` sparse phase on an H200 (see the module docstring):
-    one run of ``taps`` consecutive delays per synapse on the kernels of ``dclszoo.kernels._delay_triton``, or
+    one run of ``taps`` consecutive delays per synapse on the kernel of ``dclszoo.kernels._delay_triton`` (each
+    configuration modelled, the autotuner's pick lying between the best low and the best high end), or
     (``before``) on the earlier gather kernels that loaded every tap separately."""
     step_bytes = batch * 4  # one time step of one channel, fp32
     rate = LANES_PER_CLOCK * SMS * CLOCK
+    hbm = (4 * (3 * steps * batch * (2 * n_in + n_out)) + 4 * 6 * n_out * n_in * taps) / HBM  # copies, outputs, tables
     if before:  # tiles of R * L = 256 row positions (8 steps of 32) x BN = 16 columns, one load per tap
         fma = steps * batch * n_in * n_out * taps
-        issue = 3 * fma * INSTR_PER_FMA["gather"] / rate
+        issue = 3 * fma * GATHER_INSTR / rate
         w, bn = 256 // batch + taps - 1, 16  # the J taps of a column, one after the other, cover w steps
         fwd = -(-steps // (256 // batch)) * -(-n_out // bn) * n_in * _union(bn, w, max_delay) * step_bytes
         gx = -(-steps // (256 // batch)) * -(-n_in // bn) * n_out * _union(bn, w, max_delay) * step_bytes
         # coefficient gradient: chunks of 2 steps per column (R = 2, L = 32), the J taps of a row side by side
         gc = fma * 4 * (2 + taps - 1) / (2 * taps)
+        models = [(3 * fma, issue, fwd + gx + gc, gc)]
     else:
-        r = 32 if steps % 32 == 0 or steps >= 256 else 16  # the autotuner's likely pick: less rounding waste
-        rows = -(-steps // r) * r
-        fma = rows * batch * n_in * n_out * taps
-        issue = (INSTR_PER_FMA["fwd"][taps, r] + 2 * INSTR_PER_FMA["bwd"][taps, r]) * fma / rate
-        w, bn = r + taps - 1, 16
-        fwd = rows // r * -(-n_out // bn) * n_in * _union(bn, w, max_delay) * step_bytes
-        gx = rows // r * -(-n_in // bn) * n_out * _union(bn, w, max_delay) * step_bytes
-        # the coefficient gradient rides on the backward's windows: x read once per program, and an atomic
-        # read-modify-write of 4 bytes per (program's steps, synapse, tap)
-        gc = steps * batch * n_in * 4 + rows // r * n_out * n_in * taps * 8
-    l2 = fwd + gx + gc
-    hbm = 4 * (3 * steps * batch * (2 * n_in + n_out)) + 4 * 6 * n_out * n_in * taps  # padded copies, outputs, tables
-    low = max(issue, l2 / L2_DELAY[0]) + hbm / HBM
-    high = issue + l2 / L2_DELAY[1] + hbm / HBM
-    return {"fma": 3 * fma, "issue_ms": issue * 1e3, "l2_gb": l2 / 1e9, "gc_gb": gc / 1e9,
-            "low_ms": low * 1e3, "high_ms": high * 1e3}
+        models = []
+        for r, bn, i_fwd, i_bwd in DELAY_CONFIGS[taps]:
+            rows = -(-steps // r) * r
+            fma = rows * batch * n_in * n_out * taps
+            issue = (i_fwd + 2 * i_bwd) * fma / rate
+            w = r + taps - 1
+            fwd = rows // r * -(-n_out // bn) * n_in * _union(bn, w, max_delay) * step_bytes
+            gx = rows // r * -(-n_in // bn) * n_out * _union(bn, w, max_delay) * step_bytes
+            # the coefficient gradient rides on the backward's windows: x read once per program, and an atomic
+            # read-modify-write of 4 bytes per (program's steps, synapse, tap)
+            gc = steps * batch * n_in * 4 + rows // r * n_out * n_in * taps * 8
+            models.append((3 * fma, issue, fwd + gx + gc, gc))
+    lows = [max(issue, l2 / L2_DELAY[0]) + hbm for _, issue, l2, _ in models]
+    highs = [issue + l2 / L2_DELAY[1] + hbm for _, issue, l2, _ in models]
+    best = min(range(len(models)), key=lambda k: highs[k])  # the row's other columns: the best high end's config
+    fma, issue, l2, gc = models[best]
+    return {"fma": fma, "issue_ms": issue * 1e3, "l2_gb": l2 / 1e9, "gc_gb": gc / 1e9,
+            "low_ms": min(lows) * 1e3, "high_ms": min(highs) * 1e3}
 
 
 def delay_table() -> None:
