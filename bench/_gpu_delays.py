@@ -15,6 +15,7 @@ Columns (``*_ms``: median over ``reps`` calls after a warm-up, CUDA events; ``*_
 - ``int``: ``dclszoo.DelayedLinear`` in integer mode (sigma 0: one tap per synapse, sparse kernel).
 - ``narrow``: ``DelayedLinear`` with sigma 0.5 (the end of the SNN-delays schedule; ``path='auto'`` takes the
   sparse kernel with ``narrow_taps`` taps per synapse).
+- ``floor``: sigma 0.25, the floor of dclszoo's own schedule (4 taps per synapse).
 - ``wide``: ``DelayedLinear`` with sigma ``D / 2`` (the start of training; ``path='auto'`` takes the dense path).
 
 Delays are random, uniform over ``[0, D - 1]`` (the modules' default initialisation).
@@ -32,7 +33,8 @@ import torch.nn.functional as F
 N_IN, N_OUT, BATCH = 700, 256, 32
 CASES = ((25, 100), (100, 100), (250, 100), (250, 300))  # (max_delay, T); (250, 100): flat in max_delay at equal T
 SIGMA_NARROW = 0.5
-COLUMNS = ("linear", "dcls", "int", "narrow", "wide")
+SIGMA_FLOOR = 0.25  # dclszoo's SigmaSchedule default floor
+COLUMNS = ("linear", "dcls", "int", "narrow", "floor", "wide")
 
 __all__ = ["delay_rows", "CASES", "COLUMNS"]
 
@@ -103,7 +105,7 @@ def delay_rows(device: str = "cuda", dtype: torch.dtype = torch.float32, reps: i
         gy = torch.randn(steps, BATCH, N_OUT, device=device, dtype=dtype)
         gyb = gy.permute(1, 2, 0).contiguous()
         ours = {}
-        for name, sigma in (("int", 0.0), ("narrow", SIGMA_NARROW), ("wide", span / 2)):
+        for name, sigma in (("int", 0.0), ("narrow", SIGMA_NARROW), ("floor", SIGMA_FLOOR), ("wide", span / 2)):
             ours[name] = DelayedLinear(N_IN, N_OUT, span, sigma=sigma, device=device, dtype=dtype)
         fns = {"linear": _step(torch.nn.Linear(N_IN, N_OUT, device=device, dtype=dtype), x, gy)}
         fns.update({name: _step(m, x, gy) for name, m in ours.items()})
