@@ -212,6 +212,28 @@ def test_banded_shares_are_the_same_sum(triton_device):
         _assert_close((y, gx, gc), want, f"shares {k}, coefficient gradient alone", 1e-5, 1e-6)
 
 
+@pytest.mark.parametrize("steps", [7, 37])
+@pytest.mark.parametrize("rows,columns", [(32, 16), (16, 8)])
+def test_gpu_tile_sizes(triton_device, monkeypatch, steps, rows, columns):
+    """The GPU configurations' tiles (R steps, BN columns, up to 32 lanes), which the interpreter's single small
+    configuration does not use: T below R and not a multiple of it, a batch of 5 in 8 lanes, two column tiles."""
+    from dclszoo.kernels import _delay_triton as kt
+
+    if triton_device == "cpu":  # the interpreter: run these tile sizes instead of its own configuration
+        jit = kt._tap_kernel.fn
+
+        class _Fixed:
+            def __getitem__(self, grid):
+                return lambda *a, **k: jit[grid](*a, R=rows, BN=columns, num_warps=4, **k)
+
+        monkeypatch.setattr(kt, "_tap_kernel", _Fixed())
+        monkeypatch.setattr(kt, "_MAX_R", 32)
+        monkeypatch.setattr(kt, "_MAX_LANES", 32)
+    x, coeff, off, grad_y = _banded(steps, 5, 6, 20, 1, 6, steps + 3, steps, triton_device)
+    got = _run(_banded_triton(6), x, coeff, off, grad_y)
+    _assert_close(got, _reference64(x, coeff, off, grad_y), f"R={rows}, BN={columns}", 1e-5, 1e-6)
+
+
 def test_banded_strictly_causal_and_bfloat16(triton_device):
     x, coeff, off, grad_y = _banded(10, 3, 4, 3, 1, 6, 5, 6, triton_device)
     y = _banded_triton(6)(x, coeff, off)
