@@ -28,17 +28,14 @@ SAMPLE_RATE = 16000
 
 
 def tiny_dense_checkpoint(directory: Path, task) -> Path:
-    """A small dense Wav2Vec2 classifier saved with ``save_pretrained`` (what a downloaded model looks like)."""
-    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2ForSequenceClassification
+    """The task's small dense Wav2Vec2 classifier (seeded: the same every run) and its feature extractor, saved
+    with ``save_pretrained`` (what a downloaded model looks like)."""
+    from transformers import Wav2Vec2FeatureExtractor
 
-    config = Wav2Vec2Config(
-        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-        conv_dim=(32, 32, 32, 32), conv_stride=(5, 4, 4, 2), conv_kernel=(10, 8, 8, 4), conv_bias=True,
-        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, feat_extract_norm="layer",
-        do_stable_layer_norm=True, mask_time_prob=0.0, num_labels=task.classes, id2label=task.id2label,
-        label2id=task.label2id, classifier_proj_size=64)
+    from .tasks import tiny_wav2vec2_checkpoint
+
     torch.manual_seed(0)
-    Wav2Vec2ForSequenceClassification(config).save_pretrained(directory)
+    tiny_wav2vec2_checkpoint(directory, task)
     Wav2Vec2FeatureExtractor(sampling_rate=SAMPLE_RATE, do_normalize=False).save_pretrained(directory)
     return directory
 

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import dclszoo
 from dclszoo import DclsConfig, DclsConvNd
-from dclszoo.tasks import AudioEventTask
+from dclszoo.tasks import AudioEventTask, tiny_wav2vec2_checkpoint
 from dclszoo.training import param_groups  # positions / sigma: their own group, scaled LR, no weight decay
 
 SAMPLE_RATE = 16000
@@ -59,20 +59,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def tiny_dense_checkpoint(directory: Path, task: AudioEventTask) -> Path:
-    """A small dense Wav2Vec2 classifier in Hub format (what a downloaded pretrained model looks like)."""
-    from transformers import Wav2Vec2Config, Wav2Vec2ForSequenceClassification
-
-    config = Wav2Vec2Config(
-        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-        conv_dim=(32, 32, 32, 32), conv_stride=(5, 4, 4, 2), conv_kernel=(10, 8, 8, 4), conv_bias=True,
-        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, feat_extract_norm="layer",
-        do_stable_layer_norm=True, mask_time_prob=0.0, num_labels=task.classes, id2label=task.id2label,
-        label2id=task.label2id, classifier_proj_size=64)
-    Wav2Vec2ForSequenceClassification(config).save_pretrained(directory)
-    return directory
-
-
 def build_model(args, task: AudioEventTask, out: Path):
     from transformers import AutoModelForAudioClassification
 
@@ -83,7 +69,7 @@ def build_model(args, task: AudioEventTask, out: Path):
             backbone="convnext_atto", backbone_kwargs=dict(depths=(2, 2, 2, 2), dims=(16, 32, 48, 64)), n_mels=64,
             num_labels=task.classes, id2label=task.id2label, label2id=task.label2id)
         return SpectrogramDclsForAudioClassification(config), None
-    source = args.model or tiny_dense_checkpoint(out / "pretrained-dense", task)
+    source = args.model or tiny_wav2vec2_checkpoint(out / "pretrained-dense", task)
     model = AutoModelForAudioClassification.from_pretrained(
         source, num_labels=task.classes, id2label=task.id2label, label2id=task.label2id,
         ignore_mismatched_sizes=args.model is not None)

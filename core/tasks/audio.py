@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-__all__ = ["AudioEventTask", "AUDIO_EVENT_CLASSES"]
+__all__ = ["AudioEventTask", "AUDIO_EVENT_CLASSES", "tiny_wav2vec2_checkpoint"]
 
 AUDIO_EVENT_CLASSES = ("tone", "chirp_up", "chirp_down", "noise_burst", "double_beep")
 
@@ -130,3 +131,26 @@ class AudioEventTask:
         clip = level * signal * envelope * inside
         clip = clip + self.noise * torch.randn(n, length, generator=g, dtype=torch.float64)
         return clip.float(), labels
+
+
+def tiny_wav2vec2_checkpoint(directory: str | Path, task: AudioEventTask) -> Path:
+    """A small dense Wav2Vec2 classifier for ``task``, saved with ``save_pretrained`` into ``directory``: what a
+    downloaded pretrained model looks like, for offline examples and recipes (freshly initialised from torch's
+    global random state; seed it first for a reproducible checkpoint).
+
+    Raises:
+        ImportError: transformers is not installed (``pip install "dclszoo[audio]"``).
+    """
+    try:
+        from transformers import Wav2Vec2Config, Wav2Vec2ForSequenceClassification
+    except ImportError as exc:
+        raise ImportError(f'tiny_wav2vec2_checkpoint needs transformers ({exc}); pip install "dclszoo[audio]"'
+                          ) from None
+    config = Wav2Vec2Config(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        conv_dim=(32, 32, 32, 32), conv_stride=(5, 4, 4, 2), conv_kernel=(10, 8, 8, 4), conv_bias=True,
+        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, feat_extract_norm="layer",
+        do_stable_layer_norm=True, mask_time_prob=0.0, num_labels=task.classes, id2label=task.id2label,
+        label2id=task.label2id, classifier_proj_size=64)
+    Wav2Vec2ForSequenceClassification(config).save_pretrained(directory)
+    return Path(directory)
