@@ -167,12 +167,23 @@ def _acc_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _check_width(steps: int, batch: int, band: int) -> None:
+def _sum_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The torch dtype of partial sums (``_acc_dtype``'s): float64 for float64 inputs, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _pad(steps: int, batch: int, band: int) -> int:
+    """Zeros around a padded row: reads up to ``T + J - 1`` steps out of range, plus a chunk of steps past ``T``.
+
+    Raises:
+        ValueError: a padded row would not fit the kernels' 32-bit indexing.
+    """
     if (2 * steps + band + 3 * _MAX_R) * batch + _MAX_LANES >= 2**31:
         raise ValueError(
             f"sparse_delay (triton): T * B = {steps * batch} row positions; the Triton kernels index a padded row "
             "(about 2 * T * B values) with 32-bit integers. Split the batch or the sequence into several calls."
         )
+    return (steps + band - 1 + _MAX_R) * batch
 
 
 def _on(t: torch.Tensor):
@@ -221,8 +232,7 @@ def _taps(src: torch.Tensor, row: int, pad: int, c: torch.Tensor, s: torch.Tenso
     elif shares == 1:
         dst = like.new_empty((steps, batch, n))
     else:
-        dst = torch.empty((shares, steps, batch, n), device=like.device,
-                          dtype=torch.float64 if like.dtype == torch.float64 else torch.float32)
+        dst = torch.empty((shares, steps, batch, n), device=like.device, dtype=_sum_dtype(like.dtype))
     grad = gc is not None
 
     def grid(meta):
@@ -242,10 +252,9 @@ def delay_forward(x: torch.Tensor, coeff: torch.Tensor, offsets: torch.Tensor, b
     steps, batch, n_in = x.shape
     n_out, _, taps = coeff.shape
     groups = taps // band
-    _check_width(steps, batch, band)
+    pad = _pad(steps, batch, band)
     if steps * batch == 0 or n_out == 0 or taps == 0:
         return x.new_zeros((steps, batch, n_out))
-    pad = (steps + band - 1 + _MAX_R) * batch  # reads up to T + J - 1 steps out, plus a chunk past T
     xp, row = _padded_rows(x.detach(), pad, left=True)
     shape = (n_out, n_in, groups, band)
     c, s = _tables(coeff.detach().reshape(shape), offsets.reshape(shape), steps)
@@ -266,17 +275,15 @@ def delay_backward(
     steps, batch, n_in = x.shape
     n_out, _, taps = coeff.shape
     groups = taps // band
-    _check_width(steps, batch, band)
+    pad = _pad(steps, batch, band)
     if steps * batch == 0 or n_out == 0 or taps == 0 or not (need_x or need_coeff):
         return (x.new_zeros(x.shape) if need_x else None), (coeff.new_zeros(coeff.shape) if need_coeff else None)
-    pad = (steps + band - 1 + _MAX_R) * batch  # reads up to T + J - 1 steps out, plus a chunk past T
     gyp, row = _padded_rows(grad_y, pad, left=False)
     shape = (n_out, n_in, groups, band)
     c, s = _tables(coeff.detach().reshape(shape).transpose(0, 1), offsets.reshape(shape).transpose(0, 1), steps)
     buf = None
     if need_coeff:  # [O * G, I, J]: the runs (o, g) of the input gradient by its columns i
-        buf = torch.zeros((n_out * groups, n_in, band), device=x.device,
-                          dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+        buf = torch.zeros((n_out * groups, n_in, band), device=x.device, dtype=_sum_dtype(x.dtype))
     with _on(x):
         gx = _taps(gyp, row, pad, c, s, x, n_in, n_out * groups, groups, band, 1, shares, out=need_x,
                    x=x.detach().contiguous() if need_coeff else None, gc=buf)

@@ -229,11 +229,12 @@ class DelayedSynapse(nn.Module):
         d = self.effective_delays()
         if self.integer_mode:
             return torch.ones_like(d).unsqueeze(-1), d.long().unsqueeze(-1)
-        taps = min(self.taps_per_delay(), self.max_delay)
-        low = (torch.floor(d.detach()) + 1 - self.taps_per_delay() // 2).unsqueeze(-1)  # the window's first delay
+        width = self.taps_per_delay()
+        taps = min(width, self.max_delay)
+        low = (torch.floor(d.detach()) + 1 - width // 2).unsqueeze(-1)  # the window's first delay
         start = low.clamp(0, self.max_delay - taps)
         offs = start + torch.arange(taps, device=d.device, dtype=d.dtype)
-        window = (offs >= low) & (offs < low + self.taps_per_delay())
+        window = (offs >= low) & (offs < low + width)
         u = (offs - d.unsqueeze(-1)) / self.sigma.to(d.dtype)
         g = torch.exp(-0.5 * u * u) * window
         g = g / (g.sum(-1, keepdim=True) + GAUSS_EPS)
